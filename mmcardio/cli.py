@@ -1,0 +1,66 @@
+"""The `mmcardio` command. Thin: each subcommand lives in `mmcardio/commands/<name>.py`,
+exposes `register(subparsers)` and calls the library API."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, Sequence
+
+from mmcardio.errors import MMCardioError
+
+#: Subcommand modules in `mmcardio.commands`, in the order `--help` lists them.
+COMMANDS = ("synth", "validate", "read", "prepare", "pretrain", "embed", "index", "retrieve",
+            "zeroshot", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmcardio",
+        description="Cardiology multimodal foundation models: read ECG/echo/CMR/CT studies, "
+                    "pretrain CardioCLIP, retrieve studies from report text, evaluate zero-shot.",
+        epilog="Run `mmcardio COMMAND --help` for each command. Every command takes --json.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"mmcardio.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"mmcardio.commands.{name}":
+                continue  # command not built yet in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout (for scripts)")
+
+
+def emit(result: Any, as_json: bool, text: str | None = None) -> None:
+    """Print `result` as JSON (for scripts) or `text` (for people)."""
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    elif text is not None:
+        print(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except MMCardioError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(err), "file": err.path, "field": err.field}))
+        print(f"mmcardio {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmcardio {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

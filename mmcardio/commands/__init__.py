@@ -1,0 +1,1 @@
+"""One module per `mmcardio` subcommand; each exposes `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Data: readers (raw files -> typed records), transforms, the phantom cohort, torch datasets."""

@@ -1,0 +1,116 @@
+"""Typed records: what every reader returns. Units are set here, once, by the reader."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Standard 12-lead order used everywhere in the package.
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+@dataclass
+class ECG:
+    """A resting ECG.
+
+    signal: float32 array [leads, samples] in millivolts, rows in `lead_names` order.
+    fs: sampling frequency in Hz.
+    missing_leads: standard leads the source did not contain (never zero-filled).
+    derived_leads: leads computed from others (e.g. III, aVR, aVL, aVF from I and II).
+    """
+
+    signal: np.ndarray
+    fs: float
+    lead_names: list[str]
+    missing_leads: list[str] = field(default_factory=list)
+    derived_leads: list[str] = field(default_factory=list)
+    units: str = "mV"
+    source: str = ""
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.signal.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.fs
+
+    def lead(self, name: str) -> np.ndarray:
+        return self.signal[self.lead_names.index(name)]
+
+    def summary(self) -> dict:
+        return {
+            "modality": "ecg", "source": self.source, "shape": list(self.signal.shape),
+            "units": self.units, "fs_hz": self.fs, "duration_s": round(self.duration_s, 4),
+            "lead_names": list(self.lead_names), "missing_leads": list(self.missing_leads),
+            "derived_leads": list(self.derived_leads),
+            "amplitude_mv": {"min": float(np.min(self.signal)), "max": float(np.max(self.signal))},
+        }
+
+
+@dataclass
+class Video:
+    """An ultrasound cine loop.
+
+    frames: uint8 [T, H, W] (gray) or [T, H, W, 3] (RGB).
+    fps: frames per second. pixel_spacing_mm: physical (row, column) spacing, or None when
+    the source does not state it (then no measurement in mm is possible, and we say so).
+    """
+
+    frames: np.ndarray
+    fps: float
+    pixel_spacing_mm: tuple[float, float] | None = None
+    view: str | None = None
+    source: str = ""
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps
+
+    def summary(self) -> dict:
+        return {
+            "modality": "echo", "source": self.source, "shape": list(self.frames.shape),
+            "units": "uint8 intensity", "frame_count": self.n_frames, "fps": self.fps,
+            "duration_s": round(self.duration_s, 4), "view": self.view,
+            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+        }
+
+
+@dataclass
+class Volume:
+    """A 3-D (z, y, x) or 4-D cine (t, z, y, x) image.
+
+    spacing_mm: (z, y, x) voxel size. affine: 4x4 mapping the array index (z, y, x, 1) to
+    RAS+ world coordinates in mm (nibabel's convention; DICOM LPS is converted by the reader).
+    units: "HU" for CT (rescale applied), "a.u." for MR.
+    frame_times_ms: trigger time of each t index for 4-D cines.
+    """
+
+    array: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    units: str = "a.u."
+    frame_times_ms: list[float] | None = None
+    modality: str = "ct"
+    source: str = ""
+
+    @property
+    def is_cine(self) -> bool:
+        return self.array.ndim == 4
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.affine[:3, 3])
+
+    def summary(self) -> dict:
+        return {
+            "modality": self.modality, "source": self.source, "shape": list(self.array.shape),
+            "axes": "t,z,y,x" if self.is_cine else "z,y,x", "units": self.units,
+            "spacing_mm": [float(s) for s in self.spacing_mm],
+            "frame_count": int(self.array.shape[0]) if self.is_cine else None,
+            "value_range": [float(np.min(self.array)), float(np.max(self.array))],
+        }
