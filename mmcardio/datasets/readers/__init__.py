@@ -24,6 +24,8 @@ ECG_SUFFIXES = (".hea", ".dat", ".xml", ".npy", ".csv")
 def sniff(path: str | Path) -> str:
     """Return "ecg", "video" or "volume" from the file's content (folders are DICOM series)."""
     path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".hea").exists():
+        return "ecg"  # a WFDB record named without its extension
     if not path.exists():
         raise ReaderError("file does not exist", path)
     if path.is_dir():

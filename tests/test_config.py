@@ -1,0 +1,53 @@
+"""Dataclass configs: YAML/JSON round trip and errors that name the file and the field."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from mmcardio.config import load_config, save_config
+from mmcardio.errors import ConfigError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+
+
+@dataclass
+class Run:
+    name: str = "tiny"
+    steps: int = 10
+    optim: Optim = field(default_factory=Optim)
+    resume: str | None = None
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_round_trip(tmp_path, suffix):
+    run = Run(name="x", steps=3, optim=Optim(lr=2e-4))
+    path = save_config(run, tmp_path / f"run{suffix}")
+    assert load_config(path, Run) == run
+
+
+def test_int_is_accepted_for_float_and_overrides_apply(tmp_path):
+    (tmp_path / "r.yaml").write_text("optim: {lr: 1}\n")
+    run = load_config(tmp_path / "r.yaml", Run, overrides={"steps": 7})
+    assert run.optim.lr == 1.0 and isinstance(run.optim.lr, float) and run.steps == 7
+
+
+def test_unknown_key_names_file_and_field(tmp_path):
+    (tmp_path / "r.yaml").write_text("optim: {lrr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml.*'optim'.*unknown key\(s\) \['lrr'\]"):
+        load_config(tmp_path / "r.yaml", Run)
+
+
+def test_wrong_type_names_field(tmp_path):
+    (tmp_path / "r.yaml").write_text("steps: ten\n")
+    with pytest.raises(ConfigError, match=r"field 'steps'.*expected int"):
+        load_config(tmp_path / "r.yaml", Run)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml", Run)

@@ -1,0 +1,83 @@
+"""Manifest: formats in and out, path resolution, and validation that lists every problem."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmcardio.cli import main
+from mmcardio.errors import ManifestError
+from mmcardio.study import EchoClip, Measurement, Study, read_manifest, read_rows, validate_manifest, write_manifest
+
+
+def _study(root, sid="s1", pid="p1"):
+    (root / "ecg").mkdir(exist_ok=True)
+    return Study(
+        study_id=sid, patient_id=pid, split="test", ecg=root / "ecg" / f"{sid}.hea",
+        echo=[EchoClip(root / "echo" / f"{sid}_a4c.dcm", "A4C"), EchoClip(root / "echo" / f"{sid}_a2c.mp4", "A2C")],
+        masks={"echo:A4C": root / "masks" / f"{sid}_a4c.nii.gz"}, report="LVEF 35%. 左室射血分数35%。",
+        report_lang="zh", age=63.0, sex="F", labels={"reduced_ef": 1, "afib": 0},
+        measurements={"lvef": Measurement(35.0, "%"), "lvedv": Measurement(182.0, "mL")},
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_manifest_round_trip_keeps_every_field(tmp_path, suffix):
+    studies = [_study(tmp_path, "s1", "p1"), _study(tmp_path, "s2", "p1")]
+    path = write_manifest(studies, tmp_path / f"manifest{suffix}")
+    back = read_manifest(path)
+    assert [s.study_id for s in back] == ["s1", "s2"]
+    assert back[0] == studies[0]  # paths resolve back to the same absolute files
+
+
+def test_paths_are_stored_relative_to_the_manifest(tmp_path):
+    write_manifest([_study(tmp_path)], tmp_path / "m.csv")
+    row = read_rows(tmp_path / "m.csv")[0]
+    assert row["ecg"] == "ecg/s1.hea"
+    assert json.loads(row["echo"])[0] == {"path": "echo/s1_a4c.dcm", "view": "A4C"}
+
+
+def test_short_echo_form_and_numeric_ids(tmp_path):
+    (tmp_path / "m.csv").write_text("study_id,patient_id,echo\n007,42,A4C=a.dcm;a2c=b.mp4\n")
+    study = read_manifest(tmp_path / "m.csv")[0]
+    assert study.study_id == "007" and study.patient_id == "42"
+    assert [(c.path.name, c.view) for c in study.echo] == [("a.dcm", "A4C"), ("b.mp4", "A2C")]
+
+
+def test_duplicate_study_id_is_refused(tmp_path):
+    (tmp_path / "m.csv").write_text("study_id,patient_id\na,1\na,2\n")
+    with pytest.raises(ManifestError, match="duplicate study_id 'a'"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_validate_lists_every_problem_without_stopping(tmp_path):
+    (tmp_path / "m.csv").write_text(
+        "study_id,patient_id,split,ecg,report_lang,sex,labels\n"
+        "a,1,train,missing.hea,en,F,{}\n"
+        "a,2,dev,,fr,X,\"{\"\"afib\"\": 2}\"\n"
+        ",3,train,x.hea,en,M,{}\n"
+        "b,4,train,x.hea,en,M,{not json}\n"
+    )
+    problems = validate_manifest(tmp_path / "m.csv", read_files=False)
+    text = [str(p) for p in problems]
+    assert any("row 0" in t and "missing.hea" in t and "does not exist" in t for t in text)
+    assert any("row 1" in t and "duplicate study_id" in t for t in text)
+    assert any("row 1" in t and "'split'" in t for t in text)
+    assert any("row 1" in t and "'report_lang'" in t for t in text)
+    assert any("row 1" in t and "'sex'" in t for t in text)
+    assert any("row 1" in t and "'labels'" in t for t in text)
+    assert any("row 1" in t and "no ecg, echo" in t for t in text)
+    assert any("row 2" in t and "'study_id'" in t and "required" in t for t in text)
+    assert any("row 3" in t and "expected JSON" in t for t in text)
+
+
+def test_validate_cli_exit_codes(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.csv"), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and "does not exist" in out["problems"][0]["message"]
+
+
+def test_unknown_manifest_format(tmp_path):
+    (tmp_path / "m.xlsx").write_bytes(b"PK")
+    with pytest.raises(ManifestError, match="expected .csv, .parquet or .jsonl"):
+        read_manifest(tmp_path / "m.xlsx")
