@@ -86,7 +86,7 @@ class Volume:
 
     spacing_mm: (z, y, x) voxel size. affine: 4x4 mapping the array index (z, y, x, 1) to
     RAS+ world coordinates in mm (nibabel's convention; DICOM LPS is converted by the reader).
-    units: "HU" for CT (rescale applied), "a.u." for MR.
+    units: "HU" for CT (rescale applied), "a.u." for MR, "label" for segmentation label maps.
     frame_times_ms: trigger time of each t index for 4-D cines.
     """
 

@@ -1,0 +1,161 @@
+"""Echo cines -> `Video`: DICOM ultrasound (multi-frame) and AVI/MP4/MOV containers.
+
+DICOM colour is converted with pydicom's own functions; the frame rate comes from the Cine
+module (PS3.3 C.7.6.5) and the physical pixel size from the Sequence of Ultrasound Regions
+(PS3.3 C.8.5.5), falling back to PixelSpacing. Containers are decoded by imageio's pyav plugin.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import imageio.v3 as iio
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, convert_color_space
+
+from mmcardio.datasets.readers.dicom import decode_pixels, read_dicom_file
+from mmcardio.errors import ReaderError
+from mmcardio.records import Video
+
+__all__ = ["read_container_video", "read_dicom_video", "read_video"]
+
+#: Physical Units X/Y Direction code for centimetres (PS3.3 C.8.5.5.1.15).
+UNITS_CM = 3
+YBR_SPACES = ("YBR_FULL", "YBR_FULL_422")
+#: JPEG 2000 codecs undo their own component transform, so these decode to RGB.
+RGB_SPACES = ("RGB", "YBR_ICT", "YBR_RCT")
+GREY_SPACES = ("MONOCHROME1", "MONOCHROME2")
+
+
+def read_video(path: str | Path) -> Video:
+    """Read an echo cine: a DICOM ultrasound file (by content) or an AVI/MP4/MOV container."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReaderError("file does not exist", path)
+    with open(path, "rb") as fh:
+        is_dicom = fh.read(132)[128:] == b"DICM"
+    return read_dicom_video(path) if is_dicom else read_container_video(path)
+
+
+def read_dicom_video(path: str | Path) -> Video:
+    """A DICOM ultrasound cine: uint8 frames [T,H,W] (grey) or [T,H,W,3] (RGB), fps, spacing in mm."""
+    ds = read_dicom_file(path)
+    fps = _frame_rate(ds, path)  # before decoding: a still without timing fails fast
+    array, photometric = decode_pixels(ds, path)
+    if array.ndim == (2 if int(ds.get("SamplesPerPixel") or 1) == 1 else 3):  # one frame: add the T axis
+        array = array[None]
+    frames = _to_uint8(array, photometric, ds, path)
+    if frames.shape[0] == 0:
+        raise ReaderError("the cine has 0 frames", path, "NumberOfFrames")
+    return Video(frames=frames, fps=fps, pixel_spacing_mm=_ultrasound_spacing_mm(ds), source=str(path))
+
+
+def read_container_video(path: str | Path) -> Video:
+    """An AVI/MP4/MOV file as RGB uint8 frames [T,H,W,3]; fps from the container's stream."""
+    frames: list[np.ndarray] = []
+    try:
+        with iio.imopen(path, "r", plugin="pyav") as video:
+            fps = float(video.metadata().get("fps") or 0)
+            declared = video.properties().shape[0]  # the stream header's frame count; 0 if unknown
+            frames.extend(video.iter(format="rgb24"))
+    # AttributeError/KeyError: imageio's metadata on a container without a usable video stream
+    except (OSError, ValueError, RuntimeError, IndexError, KeyError, AttributeError, av.FFmpegError) as err:
+        where = f" after {len(frames)} frames" if frames else ""
+        raise ReaderError(f"not a readable video: corrupt or truncated{where} ({type(err).__name__}: {err})",
+                          path) from err
+    if not frames:
+        raise ReaderError("the video has 0 frames", path)
+    if declared and len(frames) < declared:
+        raise ReaderError(f"truncated video: {len(frames)} of the {declared} frames its header states", path)
+    if not np.isfinite(fps) or fps <= 0:
+        raise ReaderError("the video stream states no frame rate", path, "fps")
+    return Video(frames=np.stack(frames).astype(np.uint8, copy=False), fps=fps, source=str(path))
+
+
+def _frame_rate(ds: Dataset, path: str | Path) -> float:
+    """Acquisition frame rate: FrameTime, else the mean of FrameTimeVector, else the playback
+    rates CineRate / RecommendedDisplayFrameRate."""
+    frame_time = _positive(ds.get("FrameTime"))
+    if frame_time:
+        return 1000.0 / frame_time
+    vector = ds.get("FrameTimeVector")  # ms since the previous frame; the first entry is 0
+    mean_interval = _positive(np.mean([float(v) for v in vector[1:]])) if vector and len(vector) > 1 else None
+    if mean_interval:
+        return 1000.0 / mean_interval
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        rate = _positive(ds.get(keyword))
+        if rate:
+            return rate
+    raise ReaderError("no frame timing: expected FrameTime (0018,1063), FrameTimeVector (0018,1065) or "
+                      "CineRate (0018,0040); a still image is not an echo cine", path, "FrameTime")
+
+
+def _to_uint8(array: np.ndarray, photometric: str, ds: Dataset, path: str | Path) -> np.ndarray:
+    """Frames as uint8: YBR -> RGB, palette -> RGB, deeper samples scaled to 8 bits, MONOCHROME1
+    inverted so that bright is high as in every other view."""
+    if photometric in YBR_SPACES:
+        array, bits = convert_color_space(array, photometric, "RGB", per_frame=True), 8
+    elif photometric == "PALETTE COLOR":
+        try:
+            array = apply_color_lut(array, ds)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        except (ValueError, TypeError, IndexError, AttributeError) as err:
+            raise ReaderError(f"invalid palette colour lookup table ({err})", path,
+                              "RedPaletteColorLookupTableDescriptor") from err
+    elif photometric in RGB_SPACES + GREY_SPACES:
+        bits = int(ds.get("BitsStored") or 8)
+    else:
+        raise ReaderError(f"unsupported photometric interpretation {photometric!r}", path,
+                          "PhotometricInterpretation")
+    if array.dtype != np.uint8 or bits != 8:
+        if np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
+            raise ReaderError("signed ultrasound pixel values are not supported", path, "PixelRepresentation")
+        scaled = array.astype(np.float32) * (255.0 / (2**bits - 1))
+        array = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        array = 255 - array
+    return array
+
+
+def _ultrasound_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) pixel size in mm from the largest region calibrated in cm on both axes
+    (the 2-D image, not a Doppler or ECG strip), else PixelSpacing, else None."""
+    calibrated = []  # (area in pixels, row mm, column mm)
+    for region in ds.get("SequenceOfUltrasoundRegions", []):
+        if (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection")) != (UNITS_CM, UNITS_CM):
+            continue
+        delta_x, delta_y = _magnitude(region.get("PhysicalDeltaX")), _magnitude(region.get("PhysicalDeltaY"))
+        if delta_x and delta_y:
+            calibrated.append((_region_area(region), delta_y * 10.0, delta_x * 10.0))
+    if calibrated:
+        _, row_mm, column_mm = max(calibrated)
+        return row_mm, column_mm
+    spacing = ds.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2 and all(_positive(v) for v in spacing):
+        return float(spacing[0]), float(spacing[1])
+    return None
+
+
+def _region_area(region: Dataset) -> float:
+    corners = [_number(region.get(keyword)) or 0.0 for keyword in
+               ("RegionLocationMinX0", "RegionLocationMaxX1", "RegionLocationMinY0", "RegionLocationMaxY1")]
+    return (corners[1] - corners[0]) * (corners[3] - corners[2])
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _magnitude(value) -> float | None:
+    number = _number(value)
+    return abs(number) if number else None
+
+
+def _positive(value) -> float | None:
+    number = _number(value)
+    return number if number is not None and number > 0 else None
