@@ -1,0 +1,314 @@
+"""ECG encoder: lead x patch tokens, a transformer over them, and an MAE head.
+
+Each lead is cut into ~100 ms patches; a small convolution inside each patch embeds it, then a
+learned lead embedding and time embedding place the token. One transformer attends over all
+(lead, time) tokens at once, so it sees both the rhythm across time and the pattern across
+leads. Leads that were not recorded are never tokens: they are dropped before attention, so a
+1-lead or 8-lead ECG is just a shorter token sequence.
+
+The MAE head (as in ECG-FM / MERL-style masked modelling) hides random patches or whole leads
+and reconstructs them in millivolts. Its decoder alternates attention across the 12 leads at
+one time position and across time within one lead, so a hidden lead is predicted from the
+visible leads at the same moment; `reconstruct_leads` uses it to derive all 12 leads from any
+recorded subset (e.g. lead I of a wearable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mmcardio.errors import ConfigError
+from mmcardio.losses import masked_mse
+from mmcardio.records import STANDARD_LEADS
+
+N_LEADS = len(STANDARD_LEADS)
+
+
+@dataclass
+class ECGEncoderConfig:
+    """ECG tower. Inputs are [n, 12, input_samples] in mV at input_fs Hz, standard lead order."""
+
+    width: int = 512
+    depth: int = 8
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    input_fs: float = 500.0
+    input_samples: int = 5000
+    patch_ms: float = 100.0
+    # Inputs are divided by this typical amplitude so tokens start near unit scale (like an
+    # image mean/std); outputs are multiplied back, so predictions are in mV.
+    signal_scale_mv: float = 0.2
+    stem_channels: int = 32
+    stem_kernel: int = 5
+    pool: str = "cls"  # "cls" or "mean" over the recorded tokens
+    decoder_width: int = 256
+    decoder_depth: int = 2  # each step: one attention across leads, one across time
+    decoder_heads: int = 8
+    mae_mask_ratio: float = 0.5  # share of recorded patches hidden in patch-masking samples
+    mae_lead_drop_prob: float = 0.5  # share of samples that hide whole leads instead
+    # Lead sets kept visible in lead-drop samples (the rest is reconstructed); otherwise a
+    # random subset of the recorded leads is kept.
+    mae_keep_lead_sets: list[list[str]] = field(default_factory=lambda: [["I"], ["I", "II"]])
+    mae_keep_set_prob: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.signal_scale_mv <= 0:
+            raise ConfigError(
+                f"expected a positive amplitude, got {self.signal_scale_mv}",
+                field="signal_scale_mv",
+            )
+        if self.pool not in ("cls", "mean"):
+            raise ConfigError(f"expected 'cls' or 'mean', got {self.pool!r}", field="pool")
+        if self.patch_samples < 1 or self.input_samples % self.patch_samples:
+            raise ConfigError(
+                f"input_samples {self.input_samples} is not a whole number of "
+                f"{self.patch_samples}-sample patches (input_fs x patch_ms / 1000)",
+                field="patch_ms",
+            )
+        for leads in self.mae_keep_lead_sets:
+            unknown = [name for name in leads if name not in STANDARD_LEADS]
+            if unknown:
+                raise ConfigError(
+                    f"unknown lead(s) {unknown}; expected names from {STANDARD_LEADS}",
+                    field="mae_keep_lead_sets",
+                )
+
+    @property
+    def patch_samples(self) -> int:
+        return round(self.input_fs * self.patch_ms / 1000.0)
+
+    @property
+    def n_patches(self) -> int:
+        return self.input_samples // self.patch_samples
+
+
+def transformer(
+    width: int, depth: int, heads: int, mlp_ratio: float, dropout: float
+) -> nn.TransformerEncoder:
+    """Pre-norm GELU transformer encoder (batch first)."""
+    layer = nn.TransformerEncoderLayer(
+        width, heads, int(width * mlp_ratio), dropout, "gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+def _embedding(*shape: int) -> nn.Parameter:
+    return nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
+
+
+class ECGEncoder(nn.Module):
+    """Lead-aware ECG transformer: `forward(signal, lead_mask) -> [n, width]`."""
+
+    input_keys = ("signal", "lead_mask")
+    input_ndim = 3  # of the main input, batch included
+
+    def __init__(self, config: ECGEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.width = config.width
+        c = config
+        # Convolution inside each patch (not across patch borders), so a hidden patch never
+        # leaks into a visible neighbour's token during masked modelling.
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, c.stem_channels, c.stem_kernel, padding=c.stem_kernel // 2),
+            nn.GELU(),
+            nn.Conv1d(c.stem_channels, c.width, c.patch_samples),
+        )
+        self.lead_embed = _embedding(N_LEADS, c.width)
+        self.time_embed = _embedding(c.n_patches, c.width)
+        self.cls_token = _embedding(1, 1, c.width)
+        self.encoder = transformer(c.width, c.depth, c.heads, c.mlp_ratio, c.dropout)
+        self.norm = nn.LayerNorm(c.width)
+        self.decoder = LeadDecoder(c)
+        keep_sets = torch.zeros(max(len(c.mae_keep_lead_sets), 1), N_LEADS, dtype=torch.bool)
+        for i, leads in enumerate(c.mae_keep_lead_sets):
+            keep_sets[i, [STANDARD_LEADS.index(name) for name in leads]] = True
+        self.register_buffer("keep_sets", keep_sets, persistent=False)
+
+    # ------------------------------------------------------------------ tokens and encoder
+    def _patches(
+        self, signal: torch.Tensor, lead_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches [n, 12, P, L] in units of signal_scale_mv, unrecorded leads zeroed, and the
+        lead mask [n, 12]."""
+        n_patch, length = self.config.n_patches, self.config.patch_samples
+        if (
+            signal.ndim != 3
+            or signal.shape[1] != N_LEADS
+            or signal.shape[2] % length
+            or signal.shape[2] // length > n_patch
+        ):
+            raise ValueError(
+                f"expected ECG signal [n, {N_LEADS}, S] with S a multiple of {length} "
+                f"and at most {self.config.input_samples}, got {tuple(signal.shape)}"
+            )
+        if lead_mask is None:
+            lead_mask = torch.ones(signal.shape[:2], dtype=torch.bool, device=signal.device)
+        # Zeroing (not trusting) unrecorded leads keeps NaNs or junk out of the arithmetic.
+        signal = signal.masked_fill(~lead_mask[..., None], 0.0) / self.config.signal_scale_mv
+        return signal.unflatten(2, (-1, length)), lead_mask
+
+    def _tokens(self, patches: torch.Tensor) -> torch.Tensor:
+        n, leads, n_patch, length = patches.shape
+        tokens = self.stem(patches.reshape(-1, 1, length)).reshape(n, leads, n_patch, self.width)
+        return tokens + self.lead_embed[:, None] + self.time_embed[None, :n_patch]
+
+    def _encode(
+        self, tokens: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the transformer on the visible tokens only.
+
+        Returns hidden states [n, 1 + N, width] (CLS first), the flat token index of each of
+        the N slots [n, N], and the padding mask [n, 1 + N] (True = empty slot).
+        """
+        n = tokens.shape[0]
+        flat, vis = tokens.flatten(1, 2), visible.flatten(1)
+        counts = vis.sum(1)
+        order = torch.argsort((~vis).to(torch.uint8), dim=1, stable=True)[:, : int(counts.max())]
+        x = flat.gather(1, order[..., None].expand(-1, -1, self.width))
+        pad = torch.arange(order.shape[1], device=x.device)[None] >= counts[:, None]
+        x = torch.cat([self.cls_token.expand(n, -1, -1), x], 1)
+        pad = torch.cat([pad.new_zeros(n, 1), pad], 1)
+        return self.norm(self.encoder(x, src_key_padding_mask=pad)), order, pad
+
+    def _pool(self, hidden: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        if self.config.pool == "cls":
+            return hidden[:, 0]
+        keep = (~pad[:, 1:]).unsqueeze(-1).to(hidden.dtype)
+        return (hidden[:, 1:] * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+    def forward(self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """signal [n, 12, S] mV, lead_mask [n, 12] (True = recorded) -> [n, width]."""
+        patches, lead_mask = self._patches(signal, lead_mask)
+        visible = lead_mask[:, :, None].expand(-1, -1, patches.shape[2])
+        hidden, _, pad = self._encode(self._tokens(patches), visible)
+        return self._pool(hidden, pad)
+
+    # ------------------------------------------------------------------ masked modelling
+    def _predict(self, patches: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Predicted patches [n, 12, P, L] (units of signal_scale_mv) from the visible tokens."""
+        hidden, order, pad = self._encode(self._tokens(patches), visible)
+        return self.decoder(hidden, order, pad, patches.shape[2])
+
+    def _mae_visible(
+        self,
+        lead_mask: torch.Tensor,
+        n_patch: int,
+        mask_ratio: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Visible tokens [n, 12, P]: random patches for some samples, kept leads for others."""
+        c, n, device = self.config, lead_mask.shape[0], lead_mask.device
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=device)
+
+        # Patch masking: keep the (1 - ratio) share of recorded tokens with the lowest scores.
+        token_ok = lead_mask[:, :, None].expand(-1, -1, n_patch).flatten(1)
+        n_keep = (token_ok.sum(1) * (1.0 - mask_ratio)).round().clamp_min(1)
+        rank = rand(n, N_LEADS * n_patch).masked_fill(~token_ok, 2.0).argsort(1).argsort(1)
+        patch_visible = (rank < n_keep[:, None]).unflatten(1, (N_LEADS, n_patch))
+        # Lead dropping: keep a preset lead set (e.g. lead I alone) or a random lead subset.
+        preset = (
+            self.keep_sets[
+                torch.randint(len(self.keep_sets), (n,), generator=generator, device=device)
+            ]
+            & lead_mask
+        )
+        n_rec = lead_mask.sum(1)
+        n_leads_kept = (rand(n) * (n_rec - 1)).floor() + 1  # 1 .. n_rec - 1
+        lead_rank = rand(n, N_LEADS).masked_fill(~lead_mask, 2.0).argsort(1).argsort(1)
+        random_leads = lead_rank < n_leads_kept[:, None]
+        use_preset = (rand(n) < c.mae_keep_set_prob) & preset.any(1) & bool(c.mae_keep_lead_sets)
+        kept_leads = torch.where(use_preset[:, None], preset, random_leads)
+        lead_visible = kept_leads[:, :, None].expand(-1, -1, n_patch)
+        drop_leads = (rand(n) < c.mae_lead_drop_prob)[:, None, None]
+        return torch.where(drop_leads, lead_visible, patch_visible)
+
+    def mae_loss(
+        self,
+        signal: torch.Tensor,
+        lead_mask: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict:
+        """Masked-patch / masked-lead reconstruction loss.
+
+        Returns loss (MSE over hidden samples of recorded leads, in units of signal_scale_mv),
+        pred and target [n, 12, S] in mV, and mask [n, 12, S] (True = hidden sample of a
+        recorded lead, the samples scored).
+        """
+        patches, lead_mask = self._patches(signal, lead_mask)
+        ratio = self.config.mae_mask_ratio if mask_ratio is None else mask_ratio
+        visible = self._mae_visible(lead_mask, patches.shape[2], ratio, generator)
+        hidden = lead_mask[:, :, None] & ~visible
+        pred = self._predict(patches, visible)
+        mask = hidden[..., None].expand_as(patches)
+        scale = self.config.signal_scale_mv
+        return {
+            "loss": masked_mse(pred, patches, mask),
+            "pred": pred.flatten(2) * scale,
+            "target": patches.flatten(2) * scale,
+            "mask": mask.flatten(2),
+        }
+
+    def reconstruct_leads(self, signal: torch.Tensor, lead_mask: torch.Tensor) -> torch.Tensor:
+        """All 12 leads [n, 12, S] in mV: recorded leads as given, the others predicted."""
+        patches, lead_mask = self._patches(signal, lead_mask)
+        visible = lead_mask[:, :, None].expand(-1, -1, patches.shape[2])
+        pred = self._predict(patches, visible)
+        return (
+            torch.where(lead_mask[:, :, None, None], patches, pred).flatten(2)
+            * self.config.signal_scale_mv
+        )
+
+
+class LeadDecoder(nn.Module):
+    """Lightweight MAE decoder over the full 12 x P grid: visible tokens from the encoder, a
+    learned mask token elsewhere, the ECG's CLS summary added everywhere; attention alternates
+    across leads (same time) and across time (same lead); a linear head gives patch samples."""
+
+    def __init__(self, c: ECGEncoderConfig):
+        super().__init__()
+        width = c.decoder_width
+        self.embed = nn.Linear(c.width, width)
+        self.summary = nn.Linear(c.width, width)
+        self.mask_token = _embedding(width)
+        self.lead_embed = _embedding(N_LEADS, width)
+        self.time_embed = _embedding(c.n_patches, width)
+        self.across_leads = nn.ModuleList(
+            transformer(width, 1, c.decoder_heads, c.mlp_ratio, c.dropout)
+            for _ in range(c.decoder_depth)
+        )
+        self.across_time = nn.ModuleList(
+            transformer(width, 1, c.decoder_heads, c.mlp_ratio, c.dropout)
+            for _ in range(c.decoder_depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, c.patch_samples)
+
+    def forward(
+        self, hidden: torch.Tensor, order: torch.Tensor, pad: torch.Tensor, n_patch: int
+    ) -> torch.Tensor:
+        n, width = hidden.shape[0], self.mask_token.shape[0]
+        values = self.embed(hidden[:, 1:])
+        values = torch.where(pad[:, 1:, None], self.mask_token, values)  # empty slots stay masked
+        grid = self.mask_token.expand(n, N_LEADS * n_patch, width)
+        grid = grid.scatter(1, order[..., None].expand(-1, -1, width), values)
+        x = (
+            grid.unflatten(1, (N_LEADS, n_patch))
+            + self.lead_embed[:, None]
+            + self.time_embed[None, :n_patch]
+            + self.summary(hidden[:, 0])[:, None, None]
+        )
+        for leads_layer, time_layer in zip(self.across_leads, self.across_time):
+            x = leads_layer(x.transpose(1, 2).reshape(n * n_patch, N_LEADS, width))
+            x = x.reshape(n, n_patch, N_LEADS, width).transpose(1, 2)
+            x = time_layer(x.reshape(n * N_LEADS, n_patch, width)).reshape(
+                n, N_LEADS, n_patch, width
+            )
+        return self.head(self.norm(x))

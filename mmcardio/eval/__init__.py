@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot classification and regression, retrieval metrics, reports and plots."""

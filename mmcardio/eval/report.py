@@ -1,0 +1,137 @@
+"""Markdown report of a zero-shot evaluation (the human view of metrics.json)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmcardio.eval.metrics import AGE_BANDS
+from mmcardio.io import write_text
+
+P_AT_10_DEFINITION = (
+    "*P@10 consistent*: for each query, the share of the top-10 retrieved studies (the exact "
+    "match included) that have the same value as the query study on every finding the query "
+    "study's labels state and the searched modality can show; a finding the retrieved study "
+    "does not state counts as a mismatch; queries stating no such finding are left out.")
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _ci(est: dict | None) -> str:
+    if not est:
+        return "–"
+    return f"{_num(est['value'])} [{_num(est['lo'])}, {_num(est['hi'])}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows], ""]
+
+
+def _summary(m: dict) -> list[str]:
+    s = m["summary"]
+    rows = [["mean zero-shot AUROC (EN prompts)", _num(s["mean_auroc"]["en"])],
+            ["mean zero-shot AUROC (ZH prompts)", _num(s["mean_auroc"]["zh"])],
+            ["ZH - EN mean AUROC", _num(s["zh_en_auroc_gap"])],
+            ["ZH - EN P@10 consistent (zh_en_gap)", _num(s["zh_en_gap"])],
+            ["text -> study R@1", _num(s.get("text_to_study_R@1"))],
+            ["largest subgroup AUROC gap", _num(s["largest_subgroup_gap"])]]
+    rows += [[f"LVEF MAE, {mod} (EN)", _num(v, 1)] for mod, v in s.get("lvef_mae", {}).items()]
+    return ["## Summary", "", *_table(["metric", "value"], rows)]
+
+
+def _classification(m: dict) -> list[str]:
+    by_key = {(r["lang"], r["finding"], r["modality"]): r for r in m["classification"]}
+    probe = {(r["finding"], r["modality"]): r for r in m["linear_probe"]}
+    roc = m.get("plots", {}).get("roc", {})
+    lines = ["## Zero-shot classification", "",
+             (f"AUROC and AUPRC with 95% bootstrap CIs; ECE over {m['ece_bins']} equal-width "
+              "bins; the linear probe is logistic regression on frozen train-split embeddings."),
+             ""]
+    modalities = list(dict.fromkeys(r["modality"] for r in m["classification"]))
+    for modality in modalities:
+        rows = []
+        for (lang, finding, mod), r in by_key.items():
+            if lang != "en" or mod != modality:
+                continue
+            zh = by_key.get(("zh", finding, mod))
+            link = f"[ROC]({roc[finding]})" if finding in roc else ""
+            rows.append([finding, f"{r['n']} ({r['n_pos']})", _ci(r["auroc"]), _ci(zh and zh["auroc"]),
+                         _ci(r["auprc"]), _num(r["ece"]), _ci(probe.get((finding, mod), {}).get("auroc")),
+                         link])
+        lines += [f"### {modality}", "", *_table(
+            ["finding", "n (pos)", "AUROC EN", "AUROC ZH", "AUPRC EN", "ECE EN", "linear probe AUROC",
+             "plot"], rows)]
+    if not m["linear_probe"]:
+        lines += [("No linear probe: it trains on the train split and needs another evaluated "
+                   "split with both classes."), ""]
+    if m["skipped"]:
+        skipped = sorted({f"{s['finding']}/{s['modality']} (n={s['n']})" for s in m["skipped"]})
+        lines += ["Not evaluable (one class only in this split): " + ", ".join(skipped), ""]
+    return lines
+
+
+def _regression(m: dict) -> list[str]:
+    rows = [[r["measurement"], r["modality"], r["lang"], r["n"], f"{_num(r['mae'], 2)} {r['unit']}",
+             _num(r["pearson_r"])] for r in m["regression"]]
+    lines = ["## Regression from value prompts", "",
+             "Softmax-weighted mean of the value grid by similarity to value prompts.", ""]
+    lines += _table(["measurement", "modality", "prompts", "n", "MAE", "Pearson r"], rows)
+    lines += [f"![{name}]({png})" for name, png in m.get("plots", {}).get("values", {}).items()]
+    return lines + [""]
+
+
+def _retrieval(m: dict) -> list[str]:
+    rows = []
+    for key, directions in m["retrieval"].items():
+        for direction, r in directions.items():
+            rows.append([key, direction.replace("_", " "), r["n_queries"], _num(r["R@1"]), _num(r["R@5"]),
+                         _num(r["R@10"]), _num(r["MRR"]), _num(r["median_rank"], 1),
+                         _num(r.get("P@10_consistent"))])
+    lines = ["## Retrieval", "", *_table(
+        ["modality", "direction", "queries", "R@1", "R@5", "R@10", "MRR", "median rank", "P@10 consistent"],
+        rows), P_AT_10_DEFINITION, ""]
+    if "ranks" in m.get("plots", {}):
+        lines += [f"![retrieval ranks]({m['plots']['ranks']})", ""]
+    lang = m["language"]
+    lines += ["### Chinese vs English report queries", "", f"Study pairs with both reports: {lang['n_pairs']}.", ""]
+    if "en" in lang:
+        lines += _table(["queries", "R@1", "R@10", "MRR", "P@10 consistent"],
+                        [[code, _num(lang[code]["R@1"]), _num(lang[code]["R@10"]), _num(lang[code]["MRR"]),
+                          _num(lang[code]["P@10_consistent"])] for code in ("en", "zh")])
+        lines += [f"zh_en_gap (P@10 ZH - EN): {_num(lang['zh_en_gap'])}", ""]
+    return lines
+
+
+def _subgroups(m: dict) -> list[str]:
+    rows = []
+    for r in m["subgroups"]:
+        sex = {g: _num(v["auroc"]) for g, v in r["sex"]["groups"].items()}
+        age = {g: _num(v["auroc"]) for g, v in r["age"]["groups"].items()}
+        rows.append([r["finding"], r["modality"], sex.get("F", "–"), sex.get("M", "–"),
+                     *[age.get(b, "–") for b in AGE_BANDS], _num(r["largest_gap"])])
+    return ["## Subgroups (zero-shot AUROC, EN prompts)", "",
+            "Subgroups holding one class only are left out (–).", "",
+            *_table(["finding", "modality", "F", "M", *AGE_BANDS, "largest gap"], rows)]
+
+
+def render_report(m: dict) -> str:
+    """The Markdown text of a metrics dict from `evaluate_zeroshot`."""
+    model = m["model"]
+    head = ["# Zero-shot evaluation", "",
+            f"- model: `{model.get('model_path')}` (fingerprint `{model['fingerprint'][:12]}`)",
+            f"- manifest: `{m['manifest']}`, split `{m['split']}`, {m['n_studies']} studies",
+            (f"- logit scale {_num(m['logit_scale'], 2)}, {m['n_bootstrap']} bootstrap "
+             f"resamples (seed {m['seed']})"), ""]
+    body = _summary(m) + _classification(m) + _regression(m) + _retrieval(m) + _subgroups(m)
+    return "\n".join(head + body) + "\n"
+
+
+def write_report(metrics: dict, path: str | Path) -> Path:
+    """Write report.md atomically next to the plots it links."""
+    return write_text(path, render_report(metrics))

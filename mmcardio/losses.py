@@ -1,0 +1,179 @@
+"""Contrastive losses for CardioCLIP (open_clip's ClipLoss / SigLipLoss) and the MAE loss.
+
+Every study modality is aligned with the report text of the same studies. A batch lists only
+the rows that have a modality, and under DDP each rank has different rows, so per modality:
+
+1. scatter the features into [B, D] with a presence column (one collective moves both),
+2. gather across ranks with open_clip's `gather_features` (with grad), padding B to the
+   largest batch of any rank,
+3. keep the present rows (and the matching text), and
+4. score them with open_clip's loss at world size 1 (the features are already global).
+
+Absent rows never enter the logits (no zero vectors among the negatives). A modality with
+fewer than two present rows over all ranks is skipped: a contrastive loss needs a negative.
+Each rank computes the same global loss; the gathers carry the gradient back to the rank that
+owns each row, and DDP's gradient averaging then gives exactly the global-loss gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from open_clip.loss import ClipLoss, SigLipLoss, gather_features
+from torch import distributed as dist
+from torch import nn
+
+from mmcardio.modality import STUDY_MODALITIES
+
+#: The fused study embedding (attention fusion) is aligned with the text like a modality.
+STUDY = "study"
+LOSSES = ("clip", "siglip")
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the elements where `mask` is True (0 when none are)."""
+    weight = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class CardioCLIPLoss(nn.Module):
+    """Align every study modality (and optional modality pairs) with the report text.
+
+    Call with the model's output: `loss_fn(**model(batch))` or
+    `loss_fn(features, rows, text, logit_scale, logit_bias)`. Returns a dict with `loss`
+    (the sum of the terms), `losses` {name: scalar} and `counts` {name: rows used globally};
+    pair terms are named "ecg-echo".
+
+    `modalities` fixes the order of the collectives, so under DDP every rank must pass the
+    same list (`from_config` takes it from the model config); a rank without a modality in
+    its batch still takes part in that modality's gather.
+    """
+
+    def __init__(
+        self,
+        loss: str = "clip",
+        cross_modal_pairs: Iterable[Sequence[str]] = (),
+        rank: int = 0,
+        world_size: int = 1,
+        modalities: Iterable[str] | None = None,
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.loss_name = loss
+        self.cross_modal_pairs = [tuple(pair) for pair in cross_modal_pairs]
+        for pair in self.cross_modal_pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(
+                    f"a cross-modal pair names two different modalities, got {list(pair)}"
+                )
+        self.rank, self.world_size = rank, world_size
+        self.modalities = (
+            list(modalities)
+            if modalities is not None
+            else [str(m) for m in STUDY_MODALITIES] + [STUDY]
+        )
+        # Already-gathered features go in, so open_clip's losses run at world size 1.
+        self.contrastive = ClipLoss() if loss == "clip" else SigLipLoss()
+
+    @classmethod
+    def from_config(cls, config, rank: int = 0, world_size: int = 1) -> CardioCLIPLoss:
+        """The loss a `CardioCLIPConfig` asks for, over exactly its towers."""
+        modalities = list(config.towers) + ([STUDY] if config.fusion == "attention" else [])
+        return cls(config.loss, config.cross_modal_pairs, rank, world_size, modalities)
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        rows: dict[str, torch.Tensor],
+        text: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+    ) -> dict:
+        names = self._collective_order(features)
+        total = text.sum() * 0.0  # keeps a graph even when no term has two rows
+        result = {"loss": total, "losses": {}, "counts": {}}
+        if not names:
+            return result
+        batch = self._global_batch_size(text)
+        text_dense = self._dense(text, None, batch, text)
+        mods_dense = torch.stack(
+            [self._dense(features.get(m), rows.get(m), batch, text) for m in names], 1
+        )
+        if self.world_size > 1:
+            for tensor in (text_dense, mods_dense):
+                if not tensor.requires_grad and torch.is_grad_enabled():
+                    tensor.requires_grad_(True)  # every rank must run the gathers' backward
+            mods_dense, text_dense = gather_features(
+                mods_dense,
+                text_dense,
+                gather_with_grad=True,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+        gathered = {"text": _split(text_dense)}
+        gathered.update({m: _split(mods_dense[:, i]) for i, m in enumerate(names)})
+        terms = [(m, m, "text") for m in names]
+        terms += [
+            (f"{a}-{b}", a, b) for a, b in self.cross_modal_pairs if a in names and b in names
+        ]
+        for name, a, b in terms:
+            (feats_a, valid_a), (feats_b, valid_b) = gathered[a], gathered[b]
+            valid = valid_a & valid_b
+            result["counts"][name] = int(valid.sum())
+            if result["counts"][name] < 2:
+                continue
+            result["losses"][name] = self._score(
+                feats_a[valid], feats_b[valid], logit_scale, logit_bias
+            )
+            result["loss"] = result["loss"] + result["losses"][name]
+        return result
+
+    def _score(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.loss_name == "siglip":
+            return self.contrastive(a, b, logit_scale, logit_bias)
+        return self.contrastive(a, b, logit_scale)
+
+    def _collective_order(self, features: dict[str, torch.Tensor]) -> list[str]:
+        """Modalities to gather: the fixed list under DDP, only those present otherwise."""
+        unknown = sorted(set(features) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"features for {unknown} but the loss covers {self.modalities}")
+        if self.world_size > 1:
+            return list(self.modalities)
+        return [m for m in self.modalities if m in features]
+
+    def _global_batch_size(self, text: torch.Tensor) -> int:
+        size = torch.tensor([text.shape[0]], device=text.device)
+        if self.world_size > 1:
+            dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        return int(size)
+
+    @staticmethod
+    def _dense(
+        feats: torch.Tensor | None, rows: torch.Tensor | None, batch: int, like: torch.Tensor
+    ) -> torch.Tensor:
+        """[batch, D + 1]: row i holds the features of study i and a last column 1 if present.
+
+        Presence rides as an extra column so one gather moves features and mask together.
+        `rows=None` means rows 0..n-1 (the text); `feats=None` gives no present row.
+        """
+        dense = like.new_zeros(batch, like.shape[1] + 1)
+        if feats is None:
+            return dense
+        if rows is None:
+            rows = torch.arange(feats.shape[0], device=feats.device)
+        packed = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], 1).to(dense.dtype)
+        return dense.index_copy(0, rows.to(device=feats.device, dtype=torch.long), packed)
+
+
+def _split(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and presence mask of a dense [N, D + 1] tensor."""
+    return dense[:, :-1], dense[:, -1] > 0.5

@@ -1,0 +1,277 @@
+"""Embedding store: every study's modality and fused embeddings and its report embedding.
+
+A store is a folder:
+    vectors.npy    float32 [N, D], L2-normalised rows
+    meta.parquet   N rows: study_id, patient_id, modality ("ecg"/"echo"/"cmr"/"ct"/"study"/
+                   "text"), view, split, report, report_lang, age, sex, labels (JSON),
+                   measurements (JSON {name: value})
+    model.json     which model made the vectors: sha256 of config.json and model.safetensors,
+                   their combined fingerprint, the model folder and the embedding size
+Re-embedding a grown manifest appends only studies whose study_id is not stored yet. Every
+write replaces the whole folder atomically, so a crash never leaves vectors and metadata out
+of step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmcardio.errors import MMCardioError
+from mmcardio.io import atomic_path
+from mmcardio.study import Study, read_manifest
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+log = logging.getLogger(__name__)
+
+#: Keys a store can hold: the study modalities, the fused study embedding and the report text.
+STORE_KEYS = ("ecg", "echo", "cmr", "ct", "study", "text")
+META_COLUMNS = ("study_id", "patient_id", "modality", "view", "split", "report", "report_lang",
+                "age", "sex", "labels", "measurements")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_folder: str | Path) -> dict[str, Any]:
+    """sha256 of the folder's config.json and model.safetensors, and their combination."""
+    folder = Path(model_folder)
+    files = {name: folder / name for name in ("config.json", "model.safetensors")}
+    for name, path in files.items():
+        if not path.is_file():
+            raise MMCardioError(f"not a CardioCLIP model folder: {name} is missing", folder)
+    config_sha, weights_sha = _sha256(files["config.json"]), _sha256(files["model.safetensors"])
+    combined = hashlib.sha256(f"{config_sha}:{weights_sha}".encode()).hexdigest()
+    return {"fingerprint": combined, "config_sha256": config_sha, "weights_sha256": weights_sha,
+            "model_path": str(folder.resolve())}
+
+
+def check_same_model(recorded: dict, actual: dict, what: str | Path) -> None:
+    """Refuse to mix embeddings of two models; the error names both models."""
+    if recorded["fingerprint"] != actual["fingerprint"]:
+        raise MMCardioError(
+            f"embeddings were made by model {recorded.get('model_path')} (fingerprint "
+            f"{recorded['fingerprint'][:12]}) but model {actual.get('model_path')} has fingerprint "
+            f"{actual['fingerprint'][:12]}; embeddings of different models cannot be mixed — "
+            f"use a new output folder or the original model", what, "fingerprint")
+
+
+@dataclass
+class EmbeddingStore:
+    """Vectors [N, D] with one metadata row each, and the fingerprint of the model."""
+
+    vectors: np.ndarray
+    meta: pd.DataFrame
+    model: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EmbeddingStore:
+        folder = Path(folder)
+        needed = [folder / n for n in ("vectors.npy", "meta.parquet", "model.json")]
+        missing = [p.name for p in needed if not p.is_file()]
+        if missing:
+            raise MMCardioError(f"not an embedding store (missing {missing}); create one with "
+                                "`mmcardio embed`", folder)
+        vectors = np.load(needed[0])
+        meta = pd.read_parquet(needed[1])
+        if len(meta) != len(vectors):
+            raise MMCardioError(f"{len(vectors)} vectors but {len(meta)} metadata rows", folder)
+        return cls(vectors, meta, json.loads(needed[2].read_text(encoding="utf-8")))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the store folder atomically (replacing any previous one)."""
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
+            self.meta.to_parquet(tmp / "meta.parquet", index=False)
+            (tmp / "model.json").write_text(json.dumps(self.model, indent=2) + "\n", encoding="utf-8")
+        return Path(folder)
+
+    @property
+    def keys(self) -> list[str]:
+        present = set(self.meta["modality"])
+        return [k for k in STORE_KEYS if k in present]
+
+    def select(self, key: str, study_ids: Sequence[str] | None = None,
+               split: str | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+        """Vectors and metadata of `key`, optionally for some studies or one split."""
+        mask = self.meta["modality"] == key
+        if study_ids is not None:
+            mask &= self.meta["study_id"].isin(list(study_ids))
+        if split is not None and split != "all":
+            mask &= self.meta["split"] == split
+        rows = np.flatnonzero(mask.to_numpy())
+        return self.vectors[rows], self.meta.iloc[rows].reset_index(drop=True)
+
+    def subset(self, study_ids: Sequence[str]) -> EmbeddingStore:
+        """The rows of `study_ids` only (e.g. one manifest's studies in a shared store)."""
+        rows = np.flatnonzero(self.meta["study_id"].isin(list(study_ids)).to_numpy())
+        return EmbeddingStore(self.vectors[rows], self.meta.iloc[rows].reset_index(drop=True), self.model)
+
+    def append(self, vectors: np.ndarray, meta: pd.DataFrame) -> EmbeddingStore:
+        return EmbeddingStore(np.concatenate([self.vectors, vectors.astype(np.float32)]),
+                              pd.concat([self.meta, meta], ignore_index=True), self.model)
+
+
+def labels_of(row: pd.Series | dict) -> dict[str, int]:
+    """The labels dict of a metadata row."""
+    return {k: int(v) for k, v in json.loads(row["labels"] or "{}").items()}
+
+
+def measurements_of(row: pd.Series | dict) -> dict[str, float]:
+    return {k: float(v) for k, v in json.loads(row["measurements"] or "{}").items()}
+
+
+def _meta_row(study: Study, key: str) -> dict[str, Any]:
+    views = ";".join(c.view for c in study.echo) if key == "echo" else ""
+    return {
+        "study_id": study.study_id, "patient_id": study.patient_id, "modality": key,
+        "view": views, "split": study.split, "report": study.report,
+        "report_lang": study.report_lang, "age": study.age, "sex": study.sex,
+        "labels": json.dumps(study.labels),
+        "measurements": json.dumps({k: m.value for k, m in study.measurements.items()}),
+    }
+
+
+def load_model(model_folder: str | Path, device: torch.device | str = "cpu"):
+    """CardioCLIP from its folder, in eval mode on `device`."""
+    from mmcardio.model import CardioCLIP  # heavy import, only when a model is needed
+
+    return CardioCLIP.from_pretrained(model_folder).to(device).eval()
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.detach().float(), dim=-1).cpu().numpy()
+
+
+@torch.inference_mode()
+def embed_studies(model, studies: Sequence[Study], batch_size: int = 8, progress: bool = True,
+                  num_workers: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    """Embed every modality, the fused study embedding and the report of each study, with the
+    preprocessing stored in the model's config and centred windows."""
+    from tqdm import tqdm
+
+    from mmcardio.datasets.cohort import StudyDataset, make_loader
+
+    by_id = {s.study_id: s for s in studies}
+    dataset = StudyDataset(list(studies), model.config.preprocess, train=False,
+                           modalities=model.modalities)
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, drop_last=False)
+    vectors: list[np.ndarray] = []
+    rows: list[dict[str, Any]] = []
+    for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+        for key, ids, vecs in _batch_embeddings(model, _to_device(batch, model.device)):
+            vectors.append(vecs)
+            rows += [_meta_row(by_id[i], key) for i in ids]
+    if not vectors:
+        return np.zeros((0, 0), np.float32), pd.DataFrame(columns=list(META_COLUMNS))
+    return np.concatenate(vectors), pd.DataFrame(rows, columns=list(META_COLUMNS))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_embeddings(model, batch: dict) -> list[tuple[str, list[str], np.ndarray]]:
+    """(key, study_ids, vectors) for each modality, the fused study and the report text."""
+    out = model(batch)
+    ids = list(batch["study_id"])
+    features, rows = dict(out["features"]), dict(out["rows"])
+    if "study" not in features and features:  # mean fusion is not part of forward()
+        features["study"], rows["study"] = model.fuse(features, rows, len(ids))
+    result = [(str(key), [ids[r] for r in rows[key].tolist()], _normalise(feats))
+              for key, feats in features.items()]
+    with_text = [i for i, t in enumerate(batch["text"]) if t]
+    if with_text:
+        result.append(("text", [ids[i] for i in with_text], _normalise(out["text"][with_text])))
+    return result
+
+
+def launched_accelerator() -> Accelerator | None:
+    """An Accelerator when the process was started by `accelerate launch` (or torchrun) with
+    several processes, else None; CPU-only machines get gloo (`cpu=True`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: str | Path,
+                   batch_size: int = 8, progress: bool = True,
+                   accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Embed every study of `manifest` that `out_store` does not hold yet and save the store.
+
+    Under `accelerate launch` each rank embeds its shard of the new studies and the main
+    process merges and writes; every rank returns the same summary.
+    """
+    start = time.perf_counter()
+    out_store = Path(out_store)
+    fingerprint = model_fingerprint(model_folder)
+    existing = EmbeddingStore.load(out_store) if out_store.exists() else None
+    if existing is not None:
+        check_same_model(existing.model, fingerprint, out_store)
+    done = set(existing.meta["study_id"]) if existing is not None else set()
+    studies = read_manifest(manifest)
+    if not studies:
+        raise MMCardioError("the manifest has no studies", manifest)
+    new = [s for s in studies if s.study_id not in done]
+    added = 0
+    if new:
+        vectors, meta = _embed_distributed(model_folder, new, batch_size, progress, accelerator)
+        added = int(meta["study_id"].nunique())
+        if added < len(new):
+            log.warning("%d of %d new studies have no modality this model encodes; not stored",
+                        len(new) - added, len(new))
+        if added and (accelerator is None or accelerator.is_main_process):
+            model_info = {**fingerprint, "dim": int(vectors.shape[1])}
+            store = existing.append(vectors, meta) if existing else EmbeddingStore(vectors, meta, model_info)
+            store.save(out_store)
+            log.info("embedded %d new studies into %s", len(new), out_store)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if not out_store.exists():
+        raise MMCardioError("no study of the manifest has a modality this model encodes", manifest)
+    store = EmbeddingStore.load(out_store)
+    return {"store": str(out_store), "model": fingerprint["model_path"],
+            "fingerprint": fingerprint["fingerprint"], "new_studies": added,
+            "studies": int(store.meta["study_id"].nunique()), "vectors": len(store.vectors),
+            "per_key": {k: int((store.meta["modality"] == k).sum()) for k in store.keys},
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _embed_distributed(model_folder: str | Path, studies: list[Study], batch_size: int,
+                       progress: bool, accelerator: Accelerator | None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Embed `studies`; with several processes each embeds a shard and all shards are gathered."""
+    if accelerator is None:
+        return embed_studies(load_model(model_folder), studies, batch_size, progress)
+    from accelerate.utils import gather_object
+
+    model = load_model(model_folder, accelerator.device)
+    with accelerator.split_between_processes(studies) as shard:
+        vectors, meta = embed_studies(model, shard, batch_size,
+                                      progress and accelerator.is_local_main_process)
+    shards = gather_object([(vectors, meta)])  # one (vectors, meta) per rank, in rank order
+    shards = [(v, m) for v, m in shards if len(m)] or shards[:1]
+    return np.concatenate([v for v, _ in shards]), pd.concat([m for _, m in shards], ignore_index=True)

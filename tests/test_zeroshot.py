@@ -1,0 +1,199 @@
+"""End to end on a tiny real pipeline: phantom cohort -> untrained tiny CardioCLIP -> embed ->
+index -> retrieve (EN and ZH) -> zero-shot evaluation with metrics.json, report.md and plots."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+from sklearn.metrics import roc_auc_score
+
+from mmcardio.cli import main
+from mmcardio.datasets.synthetic import generate_cohort
+from mmcardio.datasets.synthetic.findings import SHOWN_BY
+from mmcardio.eval.prompts import FINDINGS, VALUES
+from mmcardio.model import create_model
+from mmcardio.retrieval import EmbeddingStore, embed_manifest
+from mmcardio.retrieval.store import labels_of
+from mmcardio.study import read_manifest, write_manifest
+
+N_STUDIES = 14
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A phantom cohort, a saved untrained tiny model and its embedding store."""
+    root = tmp_path_factory.mktemp("zeroshot")
+    generate_cohort(root / "cohort", N_STUDIES, seed=3, progress=False, workers=1)
+    torch.manual_seed(0)
+    create_model("cardioclip-tiny").save_pretrained(root / "model")
+    return root
+
+
+def _run(capsys, *argv: str) -> dict:
+    code = main([*map(str, argv), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def store(world):
+    embed_manifest(world / "model", world / "cohort" / "manifest.csv", world / "store", progress=False)
+    return EmbeddingStore.load(world / "store")
+
+
+def test_store_holds_every_modality_fused_and_text(world, store):
+    studies = read_manifest(world / "cohort" / "manifest.csv")
+    towers = json.loads((world / "model" / "config.json").read_text())["towers"]
+    for key in towers:
+        expected = sorted(s.study_id for s in studies if key in map(str, s.modalities()))
+        assert expected and sorted(store.select(key)[1]["study_id"]) == expected
+    with_tower = sorted(s.study_id for s in studies if set(map(str, s.modalities())) & set(towers))
+    assert sorted(store.select("study")[1]["study_id"]) == with_tower
+    assert sorted(store.select("text")[1]["study_id"]) == sorted(s.study_id for s in studies if s.report)
+    np.testing.assert_allclose(np.linalg.norm(store.vectors, axis=1), 1.0, atol=1e-5)
+    echo_meta = store.select("echo")[1]
+    assert all(v and set(v.split(";")) <= {"A4C", "A2C"} for v in echo_meta["view"])
+    by_id = {s.study_id: s for s in studies}
+    row = store.meta.iloc[0]
+    assert labels_of(row) == by_id[row["study_id"]].labels
+
+
+def test_store_vectors_equal_encode_study(world, store):
+    model = create_model(world / "model").eval()
+    study = read_manifest(world / "cohort" / "manifest.csv")[0]
+    direct = model.encode_study(study)
+    for key in [str(m) for m in study.modalities()] + ["study"]:
+        vectors, _ = store.select(key, study_ids=[study.study_id])
+        np.testing.assert_allclose(vectors[0], direct[key].numpy(), atol=1e-4)
+    text, _ = store.select("text", study_ids=[study.study_id])
+    with torch.inference_mode():
+        np.testing.assert_allclose(text[0], model.encode_text([study.report])[0].numpy(), atol=1e-5)
+
+
+def test_grown_manifest_embeds_only_new_studies(world, store, tmp_path, capsys):
+    studies = read_manifest(world / "cohort" / "manifest.csv")
+    write_manifest(studies[:3], tmp_path / "first3.csv")
+    write_manifest(studies[:5], tmp_path / "first5.csv")
+    model, out = world / "model", tmp_path / "grown"
+    first = _run(capsys, "embed", "--model", model, "--manifest", tmp_path / "first3.csv", "--out", out)
+    assert first["new_studies"] == 3 and first["studies"] == 3
+    before = EmbeddingStore.load(out)
+    second = _run(capsys, "embed", "--model", model, "--manifest", tmp_path / "first5.csv", "--out", out)
+    assert second["new_studies"] == 2 and second["studies"] == 5
+    after = EmbeddingStore.load(out)
+    np.testing.assert_array_equal(after.vectors[:len(before.vectors)], before.vectors)
+    ids = [s.study_id for s in studies[:5]]
+    for key in after.keys:  # the appended store holds what one pass over everything gives
+        grown_vectors, grown_meta = after.select(key)
+        whole_vectors, whole_meta = store.select(key, study_ids=ids)
+        grown = dict(zip(grown_meta["study_id"], grown_vectors))
+        whole = dict(zip(whole_meta["study_id"], whole_vectors))
+        assert set(grown) == set(whole)
+        for study_id, vector in whole.items():
+            np.testing.assert_allclose(grown[study_id], vector, atol=1e-5)
+    again = _run(capsys, "embed", "--model", model, "--manifest", tmp_path / "first5.csv", "--out", out)
+    assert again["new_studies"] == 0 and len(EmbeddingStore.load(out).vectors) == len(after.vectors)
+
+
+def test_store_refuses_another_model(world, tmp_path, capsys):
+    torch.manual_seed(1)
+    create_model("cardioclip-tiny").save_pretrained(tmp_path / "other")
+    manifest = world / "cohort" / "manifest.csv"
+    code = main(["embed", "--model", str(tmp_path / "other"), "--manifest", str(manifest),
+                 "--out", str(world / "store"), "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert code == 2
+    assert str((world / "model").resolve()) in error and str((tmp_path / "other").resolve()) in error
+
+
+def test_index_and_retrieve_english_chinese_and_cross_modal(world, store, capsys):
+    built = _run(capsys, "index", "--store", world / "store", "--out", world / "index")
+    assert built["counts"]["study"] == N_STUDIES
+    model = create_model(world / "model").eval()
+    vectors, meta = store.select("study")
+    for query in ("reduced left ventricular ejection fraction", "心房颤动，左室射血分数降低"):
+        result = _run(capsys, "retrieve", "--index", world / "index", query, "--k", "5")
+        hits = result["hits"]
+        with torch.inference_mode():
+            q = model.encode_text([query])[0].numpy()
+        expected = np.argsort(-(vectors @ q), kind="stable")[:5]
+        assert [h["study_id"] for h in hits] == list(meta["study_id"].iloc[expected])
+        np.testing.assert_allclose([h["score"] for h in hits], (vectors @ q)[expected], atol=1e-4)
+        assert all(h["summary"] and h["summary"] in meta.set_index("study_id").loc[h["study_id"], "report"]
+                   for h in hits)
+    ecg_ids = store.select("ecg")[1]["study_id"]
+    echo_ids = set(store.select("echo")[1]["study_id"])
+    query_id = next(s for s in ecg_ids if s in echo_ids)
+    like = _run(capsys, "retrieve", "--index", world / "index", "--like", query_id, "--from", "ecg",
+                "--modality", "echo", "--k", "4")
+    assert len(like["hits"]) == 4
+    assert all(h["modality"] == "echo" and h["study_id"] in echo_ids and h["study_id"] != query_id
+               for h in like["hits"])
+    no_echo = next(s for s in store.select("study")[1]["study_id"] if s not in echo_ids)
+    code = main(["retrieve", "--index", str(world / "index"), "--like", no_echo, "--from", "echo", "--json"])
+    assert code == 2 and f"study {no_echo!r} has no 'echo' embedding" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_zeroshot_writes_metrics_report_and_plots(world, store, capsys):
+    out = world / "zs"
+    metrics = _run(capsys, "zeroshot", "--model", world / "model", "--manifest", world / "cohort" / "manifest.csv",
+                   "--out", out, "--store", world / "store", "--split", "all", "--bootstrap", "50")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert json.dumps(saved["summary"], sort_keys=True) == json.dumps(metrics["summary"], sort_keys=True)
+    assert saved["n_studies"] == N_STUDIES
+    rows = saved["classification"]
+    assert {r["lang"] for r in rows} == {"en", "zh"} and rows
+    for r in rows:
+        assert 0 <= r["auroc"]["value"] <= 1 and 0 <= r["ece"] <= 1
+        assert r["auroc"]["lo"] <= r["auroc"]["value"] <= r["auroc"]["hi"]
+        assert r["modality"] == "study" or r["modality"] in FINDINGS[r["finding"]].modalities
+
+    # one classification row and one regression row recomputed from the store and the model
+    model = create_model(world / "model").eval()
+    row = next(r for r in rows if r["lang"] == "en" and r["modality"] == "study")
+    vectors, meta = store.select("study")
+    labels = [labels_of(m).get(row["finding"]) for _, m in meta.iterrows()]
+    keep = [i for i, v in enumerate(labels) if v is not None]
+    logits = saved["logit_scale"] * vectors[keep] @ _direct_classes(model, FINDINGS[row["finding"]].classes("en")).T
+    prob = torch.from_numpy(logits).softmax(-1)[:, 0].numpy()
+    assert row["auroc"]["value"] == pytest.approx(roc_auc_score([labels[i] for i in keep], prob), abs=1e-6)
+
+    ef = next(r for r in saved["regression"] if r["lang"] == "zh" and r["modality"] == "echo")
+    vectors, meta = store.select("echo")
+    lvef = [json.loads(m).get("lvef") for m in meta["measurements"]]
+    true = np.array([v for v in lvef if v is not None])
+    vectors = vectors[[v is not None for v in lvef]]
+    logits = saved["logit_scale"] * vectors @ _direct_classes(model, VALUES["lvef"].classes("zh")).T
+    pred = torch.from_numpy(logits).softmax(-1).numpy() @ np.array(VALUES["lvef"].grid)
+    assert ef["n"] == len(true) and ef["mae"] == pytest.approx(np.abs(pred - true).mean(), rel=1e-4)
+
+    study = saved["retrieval"]["study"]["text_to_study"]
+    assert study["n_queries"] == N_STUDIES and study["R@1"] <= study["R@5"] <= study["R@10"]
+    lang = saved["language"]
+    assert lang["n_pairs"] == N_STUDIES
+    assert lang["zh_en_gap"] == pytest.approx(lang["zh"]["P@10_consistent"] - lang["en"]["P@10_consistent"])
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Zero-shot classification", "## Regression", "## Retrieval", "## Subgroups"):
+        assert heading in report
+    pngs = [*saved["plots"]["roc"].values(), *saved["plots"]["values"].values(), saved["plots"]["ranks"]]
+    assert len(pngs) >= 3
+    for name in pngs:
+        assert f"({name})" in report
+        image = imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100
+
+
+def _direct_classes(model, classes: list[list[str]]) -> np.ndarray:
+    """Per class: mean of the unit prompt embeddings, renormalised, one prompt list at a time."""
+    with torch.inference_mode():
+        means = [torch.nn.functional.normalize(model.encode_text(p), dim=-1).mean(0) for p in classes]
+    return torch.nn.functional.normalize(torch.stack(means), dim=-1).numpy()
+
+
+def test_prompt_registry_agrees_with_the_phantom_labels():
+    assert {name: f.modalities for name, f in FINDINGS.items()} == SHOWN_BY
