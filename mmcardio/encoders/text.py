@@ -148,6 +148,27 @@ class TextEncoder(nn.Module):
         keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
+    def extend_vocabulary(self, texts: list[str], min_count: int = 2) -> list[str]:
+        """Add the words of `texts` that the tokenizer can only read as [UNK] (seen at least
+        `min_count` times) as new tokens, with new embedding rows to be learned in training.
+
+        Why: an English vocabulary (MiniLM's) maps most Chinese characters to [UNK], so Chinese
+        reports would all look alike; this lets alignment learn them from the paired studies.
+        """
+        unknown = self.tokenizer.unk_token
+        backend = self.tokenizer.backend_tokenizer
+        counts: dict[str, int] = {}
+        for text in texts:
+            normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+            for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized):
+                if self.tokenizer.tokenize(word) == [unknown]:
+                    counts[word] = counts.get(word, 0) + 1
+        new = sorted(w for w, n in counts.items() if n >= min_count)
+        if new:
+            self.tokenizer.add_tokens(new)
+            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
+        return new
+
     def save_tokenizer(self, folder: str | Path) -> None:
         """Tokenizer files and the model's config.json (architecture, no weights) into `folder`."""
         self.tokenizer.save_pretrained(folder)
