@@ -48,8 +48,11 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
         return {k: from_dict(args[1], v, source, f"{name}.{k}.") for k, v in value.items()}
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         return origin(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"expected a number, got {value!r}", source, name) from None
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"expected {tp.__name__}, got {value!r}", source, name)
     return value

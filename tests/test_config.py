@@ -51,3 +51,11 @@ def test_wrong_type_names_field(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "none.yaml", Run)
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    (tmp_path / "r.yaml").write_text("optim: {lr: 1e-3}\n")  # YAML 1.1 reads this as a string
+    assert load_config(tmp_path / "r.yaml", Run).optim.lr == 1e-3
+    (tmp_path / "r.yaml").write_text("optim: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=r"field 'optim.lr'.*expected a number"):
+        load_config(tmp_path / "r.yaml", Run)

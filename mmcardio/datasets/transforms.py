@@ -1,0 +1,377 @@
+"""Per-modality preprocessing: typed records (`ECG`, `Video`, `Volume`) -> model-ready tensors.
+
+Each modality has a configurable dataclass, grouped in `PreprocessConfig`, whose dict form is
+stored in every model's config.json (and every cache's preprocess.json) so inference applies
+exactly what training applied. Preprocessing runs in two stages:
+
+- `prepare_*` (deterministic, the expensive part: resampling, filtering, resizing, intensity)
+  gives what the on-disk cache stores;
+- `sample_*` (cheap) cuts the fixed-size window the model sees: the center at inference, a
+  random window in training (ECG crop, echo clip start). CMR and CT need no second stage.
+
+`preprocess_*` chains both. Volume operations are MONAI transforms; the ECG filters are scipy.
+
+Sizes the model's towers take (ECG rate and length, echo frames and size, CMR phases, slices and
+size, CT shape, echo views) default to None: they come from the model config's `preprocess`
+(e.g. `cardioclip-tiny.json`), never from a second copy here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    NormalizeIntensity,
+    Orientation,
+    Resize,
+    ResizeWithPadOrCrop,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentiles,
+    Spacing,
+)
+from scipy import signal as sps
+from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+from mmcardio.config import from_dict
+from mmcardio.errors import ConfigError, ReaderError
+from mmcardio.modality import ECHO_VIEWS
+from mmcardio.records import ECG, STANDARD_LEADS, Video, Volume
+
+
+@dataclass
+class ECGPreprocess:
+    """ECG: resample to `fs`, band-pass (+ optional notch), place leads in the 12 standard rows,
+    then a window of `samples` (center at inference, random in training)."""
+
+    fs: float | None = None
+    samples: int | None = None
+    bandpass_hz: list[float] | None = field(default_factory=lambda: [0.5, 40.0])
+    filter_order: int = 4
+    notch_hz: float | None = None  # 50 or 60 (mains); None = no notch
+    notch_quality: float = 30.0
+    standardize: bool = False  # per-lead z-score; False keeps millivolts
+
+
+@dataclass
+class EchoPreprocess:
+    """Echo: gray, resampled in time to `fps`, resized to `size` (aspect kept, then padded),
+    intensity to [0, 1] then per-clip z-score; a clip of `frames` frames (about one cycle);
+    at most `max_views` clips per study, preferring distinct views in `ECHO_VIEWS` order."""
+
+    fps: float = 16.0
+    frames: int | None = None
+    size: list[int] | None = None
+    max_views: int | None = None
+    standardize: bool = True
+
+
+@dataclass
+class CMRPreprocess:
+    """CMR cine (t, z, y, x): `phases` phases over the cycle and `slices` slices base to apex
+    (nearest, evenly spaced), in-plane resampled to `spacing_mm` (y, x), intensity scaled
+    between the `percentiles` to [0, 1], then center crop/pad to `size` (y, x)."""
+
+    phases: int | None = None
+    slices: int | None = None
+    spacing_mm: list[float] = field(default_factory=lambda: [2.5, 2.5])
+    size: list[int] | None = None
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+
+
+@dataclass
+class CTPreprocess:
+    """CT (z, y, x) in HU: reoriented to `axcodes` (None keeps the stored order), resampled to
+    `spacing_mm` (z, y, x), HU `window` mapped to [0, 1] (clipped), center crop/pad to `shape`."""
+
+    spacing_mm: list[float] = field(default_factory=lambda: [4.0, 3.0, 3.0])
+    shape: list[int] | None = None
+    window_hu: list[float] = field(default_factory=lambda: [-200.0, 800.0])
+    axcodes: str | None = "SPL"  # (z, y, x) = superior, posterior, left: the radiological view
+
+
+@dataclass
+class PreprocessConfig:
+    """Preprocessing of every modality; `to_dict()` is what model folders and caches store."""
+
+    ecg: ECGPreprocess = field(default_factory=ECGPreprocess)
+    echo: EchoPreprocess = field(default_factory=EchoPreprocess)
+    cmr: CMRPreprocess = field(default_factory=CMRPreprocess)
+    ct: CTPreprocess = field(default_factory=CTPreprocess)
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (lists, not tuples), so dicts from files compare equal."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str = "<preprocess>") -> PreprocessConfig:
+        return from_dict(cls, data or {}, source)
+
+    def require(self, modalities: Iterable[str], source: str | None = None) -> PreprocessConfig:
+        """Raise ConfigError naming every size still unset for `modalities`; return self."""
+        unset = [f"preprocess.{m}.{k}" for m in modalities for k, v in self.to_dict()[str(m)].items()
+                 if v is None and k in MODEL_SIZES]
+        if unset:
+            raise ConfigError(f"{', '.join(unset)} not set; model input sizes come from the model "
+                              "config's 'preprocess' (e.g. cardioclip-tiny.json)", source, unset[0])
+        return self
+
+    def differences(self, other: PreprocessConfig, modalities: Iterable[str] | None = None,
+                    windows: bool = True) -> list[str]:
+        """Dotted keys whose values differ (only under `modalities` when given; without the
+        window keys, which `sample_*` applies, when `windows` is False)."""
+        keep = None if modalities is None else set(map(str, modalities))
+
+        def selected(data: dict) -> dict:
+            return {m: {k: v for k, v in settings.items() if windows or k not in WINDOW_KEYS.get(m, ())}
+                    for m, settings in data.items() if keep is None or m in keep}
+
+        return dict_differences(selected(self.to_dict()), selected(other.to_dict()))
+
+    def sized_modalities(self) -> list[str]:
+        """Modalities whose model sizes are all set (the ones a model config covers)."""
+        return [m for m, settings in self.to_dict().items()
+                if all(v is not None for k, v in settings.items() if k in MODEL_SIZES)]
+
+
+#: Keys that must match the model's towers (None until taken from the model config).
+MODEL_SIZES = ("fs", "samples", "frames", "size", "max_views", "phases", "slices", "shape")
+#: Window lengths cut by `sample_*` after the cacheable stage (a cache serves any of them).
+WINDOW_KEYS = {"ecg": ("samples",), "echo": ("frames",)}
+
+
+def dict_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """"key.sub: a != b" for every differing leaf of two nested dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += dict_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} != {vb!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- ECG
+
+_LEAD_ROW = {name.upper(): i for i, name in enumerate(STANDARD_LEADS)}
+
+
+def ecg_filter(cfg: ECGPreprocess) -> np.ndarray | None:
+    """Second-order sections of the band-pass (and notch) at the target rate, or None."""
+    sections = []
+    nyquist = cfg.fs / 2
+    if cfg.bandpass_hz:
+        low, high = cfg.bandpass_hz
+        if not 0 < low < high < nyquist:
+            raise ConfigError(f"expected 0 < low < high < {nyquist} Hz (Nyquist at fs={cfg.fs}), "
+                              f"got {cfg.bandpass_hz}", field="preprocess.ecg.bandpass_hz")
+        sections.append(sps.butter(cfg.filter_order, [low, high], btype="bandpass", fs=cfg.fs, output="sos"))
+    if cfg.notch_hz:
+        if not 0 < cfg.notch_hz < nyquist:
+            raise ConfigError(f"expected 0 < notch < {nyquist} Hz, got {cfg.notch_hz}",
+                              field="preprocess.ecg.notch_hz")
+        b, a = sps.iirnotch(cfg.notch_hz, cfg.notch_quality, fs=cfg.fs)
+        sections.append(sps.tf2sos(b, a))
+    return np.concatenate(sections) if sections else None
+
+
+def settling_samples(sos: np.ndarray, residual: float = 1e-3) -> int:
+    """Samples for the slowest pole to decay to `residual`: the edge padding that keeps
+    sosfiltfilt's start-up transients (scipy's default pads only ~3 sections) off the signal."""
+    radius = float(np.abs(sps.sos2zpk(sos)[1]).max())
+    return int(np.ceil(np.log(residual) / np.log(radius)))
+
+
+def prepare_ecg(ecg: ECG, cfg: ECGPreprocess) -> dict[str, torch.Tensor]:
+    """Full-length ECG at `cfg.fs`, filtered, in the 12 standard rows.
+
+    Returns signal [12, L] float32 (mV, or z-scored per lead) and lead_mask [12] bool. Leads
+    the record lacks (or lists as missing) get a False mask over zeros the encoder ignores;
+    non-standard leads (e.g. V4R) are dropped.
+    """
+    x = np.asarray(ecg.signal, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ReaderError(f"expected an ECG signal [leads, samples], got shape {x.shape}", ecg.source)
+    if not np.isfinite(x).all():
+        raise ReaderError("ECG signal holds NaN or infinite samples", ecg.source)
+    ratio = Fraction(cfg.fs / ecg.fs).limit_denominator(1000)
+    if ratio != 1:
+        x = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
+    sos = ecg_filter(cfg)
+    if sos is not None:
+        x = sps.sosfiltfilt(sos, x, axis=1, padtype="even", padlen=min(settling_samples(sos), x.shape[1] - 1))
+    missing = {name.upper() for name in ecg.missing_leads}
+    out = np.zeros((len(STANDARD_LEADS), x.shape[1]), dtype=np.float32)
+    mask = np.zeros(len(STANDARD_LEADS), dtype=bool)
+    for row, name in enumerate(ecg.lead_names):
+        target = _LEAD_ROW.get(name.upper())
+        if target is not None and name.upper() not in missing:
+            out[target] = x[row]
+            mask[target] = True
+    if cfg.standardize:
+        present = out[mask]
+        out[mask] = (present - present.mean(1, keepdims=True)) / (present.std(1, keepdims=True) + 1e-6)
+    return {"signal": torch.from_numpy(out), "lead_mask": torch.from_numpy(mask)}
+
+
+def window_start(length: int, size: int, rng: np.random.Generator | None) -> int:
+    """Start of a `size` window in `length`: centered, or uniform when `rng` is given."""
+    if length <= size:
+        return 0
+    return int(rng.integers(0, length - size + 1)) if rng is not None else (length - size) // 2
+
+
+def crop_or_pad(x: torch.Tensor, size: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Window of `size` along the last axis; shorter inputs are zero-padded on both sides."""
+    length = x.shape[-1]
+    if length >= size:
+        start = window_start(length, size, rng)
+        return x[..., start:start + size]
+    before = (size - length) // 2
+    return torch.nn.functional.pad(x, (before, size - length - before))
+
+
+def sample_ecg(prepared: dict[str, torch.Tensor], cfg: ECGPreprocess,
+               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    return {"signal": crop_or_pad(prepared["signal"], cfg.samples, rng),
+            "lead_mask": prepared["lead_mask"]}
+
+
+def preprocess_ecg(ecg: ECG, cfg: ECGPreprocess, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """signal [12, cfg.samples] and lead_mask [12] (center window unless `rng` is given)."""
+    return sample_ecg(prepare_ecg(ecg, cfg), cfg, rng)
+
+
+# --------------------------------------------------------------------------------------- echo
+
+def view_id(view: str | None) -> int:
+    """Index into `ECHO_VIEWS`; unknown views map to "OTHER"."""
+    view = (view or "OTHER").upper()
+    return ECHO_VIEWS.index(view if view in ECHO_VIEWS else "OTHER")
+
+
+def choose_views(views: list[str | None], max_views: int) -> list[int]:
+    """Indices of at most `max_views` clips: distinct views first, in `ECHO_VIEWS` order."""
+    firsts: list[int] = []
+    repeats: list[int] = []
+    seen: set[int] = set()
+    for i in sorted(range(len(views)), key=lambda i: (view_id(views[i]), i)):
+        (repeats if view_id(views[i]) in seen else firsts).append(i)
+        seen.add(view_id(views[i]))
+    return (firsts + repeats)[:max_views]
+
+
+def frame_indices_at_fps(n_frames: int, fps: float, target_fps: float) -> np.ndarray:
+    """Source frame on screen at each tick of the target clock (frame i shows from i / fps)."""
+    n_out = max(1, int(np.floor(n_frames * target_fps / fps + 1e-6)))
+    times = np.arange(n_out) / target_fps
+    return np.clip(np.floor(times * fps + 1e-6).astype(int), 0, n_frames - 1)
+
+
+def prepare_echo(video: Video, cfg: EchoPreprocess) -> torch.Tensor:
+    """Whole loop at `cfg.fps` as [N, H, W] float32 (gray, resized, [0, 1], z-scored)."""
+    frames = np.asarray(video.frames)
+    if frames.ndim not in (3, 4) or frames.shape[0] == 0:
+        raise ReaderError(f"expected frames [T, H, W] or [T, H, W, 3], got shape {frames.shape}", video.source)
+    if not video.fps or video.fps <= 0:
+        raise ReaderError(f"expected a positive frame rate, got {video.fps}", video.source, "fps")
+    frames = frames[frame_indices_at_fps(len(frames), video.fps, cfg.fps)]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float()
+    if x.ndim == 4:
+        x = rgb_to_grayscale(x.permute(0, 3, 1, 2)).squeeze(1)
+    height, width = cfg.size
+    x = Resize(spatial_size=max(height, width), size_mode="longest", mode="area")(x)
+    x = ResizeWithPadOrCrop((height, width))(x)
+    x = ScaleIntensityRange(0.0, 255.0, 0.0, 1.0)(x)
+    if cfg.standardize:
+        x = NormalizeIntensity()(x)
+    return _plain(x)
+
+
+def sample_echo(clips: list[torch.Tensor], view_ids: torch.Tensor, cfg: EchoPreprocess,
+                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """frames [V, T, H, W] (T consecutive frames; short loops hold their last frame),
+    view_ids [V] and view_mask [V] (all True: every listed clip is real)."""
+    out = []
+    for clip in clips:
+        start = window_start(len(clip), cfg.frames, rng)
+        idx = np.minimum(np.arange(start, start + cfg.frames), len(clip) - 1)
+        out.append(clip[torch.from_numpy(idx)])
+    return {"frames": torch.stack(out), "view_ids": torch.as_tensor(view_ids, dtype=torch.long),
+            "view_mask": torch.ones(len(out), dtype=torch.bool)}
+
+
+def preprocess_echo(videos: list[Video], cfg: EchoPreprocess, views: list[str | None] | None = None,
+                    rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The study's clips (at most `cfg.max_views`) as frames [V, T, H, W], view_ids, view_mask."""
+    views = views or [v.view for v in videos]
+    keep = choose_views(views, cfg.max_views)
+    ids = torch.tensor([view_id(views[i]) for i in keep])
+    return sample_echo([prepare_echo(videos[i], cfg) for i in keep], ids, cfg, rng)
+
+
+# ------------------------------------------------------------------------------------ volumes
+
+#: Axis labels of the `Volume.affine` world frame (RAS+), for MONAI's `Orientation`.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+def _meta(array: np.ndarray, volume: Volume) -> MetaTensor:
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
+                      affine=torch.as_tensor(volume.affine, dtype=torch.float64))
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """A plain contiguous float32 tensor (MONAI returns MetaTensors that carry metadata)."""
+    return x.as_tensor().float().contiguous() if isinstance(x, MetaTensor) else x.float().contiguous()
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """k indices spread evenly over range(n), first and last included (repeats when k > n)."""
+    return np.rint(np.linspace(0, n - 1, k)).astype(int) if k > 1 else np.array([n // 2])
+
+
+def phase_indices(n_phases: int, k: int, frame_times_ms: list[float] | None) -> np.ndarray:
+    """k phases evenly spaced in time over one cycle (nearest acquired phase)."""
+    times = np.asarray(frame_times_ms if frame_times_ms and len(frame_times_ms) == n_phases
+                       else np.arange(n_phases), dtype=float)
+    period = (times[-1] - times[0]) * n_phases / max(n_phases - 1, 1) if n_phases > 1 else 1.0
+    targets = times[0] + np.arange(k) * period / k
+    return np.abs(times[None, :] - targets[:, None]).argmin(1)
+
+
+def preprocess_cmr(volume: Volume, cfg: CMRPreprocess) -> torch.Tensor:
+    """cine [T, Z, H, W] float32 in [0, 1]."""
+    if volume.array.ndim != 4:
+        raise ReaderError(f"expected a CMR cine (t, z, y, x), got shape {volume.array.shape}",
+                          volume.source)
+    n_t, n_z = volume.array.shape[:2]
+    # Phase and slice choice is plain indexing: no MONAI transform selects along time.
+    x = _meta(volume.array[phase_indices(n_t, cfg.phases, volume.frame_times_ms)], volume)
+    x = Spacing(pixdim=(-1.0, *cfg.spacing_mm), scale_extent=True, dtype=np.float32)(x)
+    x = x[:, torch.from_numpy(evenly_spaced(n_z, cfg.slices))]
+    low, high = cfg.percentiles
+    x = ScaleIntensityRangePercentiles(low, high, 0.0, 1.0, clip=True)(x)
+    x = ResizeWithPadOrCrop((cfg.slices, *cfg.size))(x)
+    return _plain(x)
+
+
+def preprocess_ct(volume: Volume, cfg: CTPreprocess) -> torch.Tensor:
+    """volume [1, D, H, W] float32, the HU window mapped to [0, 1]."""
+    if volume.array.ndim != 3:
+        raise ReaderError(f"expected a CT volume (z, y, x), got shape {volume.array.shape}", volume.source)
+    if volume.units != "HU":
+        raise ReaderError(f"expected CT in HU, got units {volume.units!r}", volume.source, "units")
+    x = _meta(volume.array[None], volume)
+    if cfg.axcodes:
+        x = Orientation(axcodes=cfg.axcodes, labels=RAS_LABELS)(x)
+    x = Spacing(pixdim=tuple(cfg.spacing_mm), scale_extent=True, dtype=np.float32)(x)
+    low, high = cfg.window_hu
+    x = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(x)
+    x = ResizeWithPadOrCrop(tuple(cfg.shape))(x)
+    return _plain(x)

@@ -1,0 +1,1 @@
+"""Training loops (accelerate): pretraining (ECG MAE and contrastive alignment)."""

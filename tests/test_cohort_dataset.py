@@ -1,0 +1,259 @@
+"""Study preprocessing, the cache, the dataset, collate and the sampler, on files written in
+real formats (WFDB, DICOM, MP4, NIfTI) and read back by the readers."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmcardio.cli import main as cli_main
+from mmcardio.datasets.cohort import (
+    ModalityBalancedSampler,
+    StudyDataset,
+    collate_studies,
+    make_loader,
+    prepare_cache,
+    preprocess_study,
+)
+from mmcardio.datasets.transforms import PreprocessConfig
+from mmcardio.datasets.writers.dicom import write_dicom_video
+from mmcardio.datasets.writers.ecg import write_ecg
+from mmcardio.datasets.writers.nifti import write_nifti
+from mmcardio.datasets.writers.video import write_video
+from mmcardio.encoders.registry import get_config
+from mmcardio.errors import ConfigError, MMCardioError
+from mmcardio.modality import ECHO_VIEWS
+from mmcardio.records import ECG, STANDARD_LEADS, Video, Volume
+from mmcardio.study import EchoClip, Study, read_manifest, write_manifest
+
+CFG = {"ecg": {"fs": 250.0, "samples": 2000},
+       "echo": {"fps": 10.0, "frames": 8, "size": [32, 32], "max_views": 2},
+       "cmr": {"phases": 4, "slices": 3, "size": [32, 32], "spacing_mm": [4.0, 4.0]},
+       "ct": {"shape": [16, 32, 32], "spacing_mm": [4.0, 4.0, 4.0]}}
+
+
+def _ecg(seed: int) -> ECG:
+    fs, t = 500.0, np.arange(5000) / 500.0
+    rng = np.random.default_rng(seed)
+    signal = np.stack([np.sin(2 * np.pi * (5 + i) * t + rng.uniform(0, 6)) for i in range(12)])
+    return ECG(signal.astype(np.float32), fs, list(STANDARD_LEADS))
+
+
+def _video(seed: int, n: int = 30) -> Video:
+    frames = np.random.default_rng(seed).integers(0, 255, (n, 48, 64), dtype=np.uint8)
+    return Video(frames, fps=25.0, pixel_spacing_mm=(0.3, 0.3))
+
+
+def _cmr(seed: int) -> Volume:
+    array = np.random.default_rng(seed).random((10, 6, 48, 48)).astype(np.float32) * 500
+    return Volume(array, (8.0, 2.0, 2.0), np.diag([8.0, 2.0, 2.0, 1.0]), frame_times_ms=list(np.arange(10) * 80.0),
+                  modality="cmr")
+
+
+def _ct(seed: int) -> Volume:
+    array = np.random.default_rng(seed).uniform(-1000, 1500, (20, 40, 40)).astype(np.float32)
+    affine = np.array([[0, 0, -2.0, 0], [0, -2.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])
+    return Volume(array, (3.0, 2.0, 2.0), affine, units="HU", modality="ct")
+
+
+def write_study(root: Path, sid: str, split: str, ecg=False, echo=(), cmr=False, ct=False) -> Study:
+    seed = int(sid[1:])
+    study = Study(sid, f"p{sid}", split=split, report=f"report of {sid}")
+    if ecg:
+        study.ecg = write_ecg(_ecg(seed), root / f"{sid}_ecg.hea")
+    for i, (view, suffix) in enumerate(echo):
+        path = root / f"{sid}_{view}_{i}{suffix}"
+        video = _video(seed * 10 + i)
+        (write_dicom_video if suffix == ".dcm" else write_video)(video, path)
+        study.echo.append(EchoClip(path, view))
+    if cmr:
+        study.cmr = write_nifti(_cmr(seed), root / f"{sid}_cmr.nii.gz")
+    if ct:
+        study.ct = write_nifti(_ct(seed), root / f"{sid}_ct.nii.gz")
+    return study
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Six studies with different modality sets, as files plus a manifest."""
+    root = tmp_path_factory.mktemp("mini")
+    studies = [
+        write_study(root, "s0", "train", ecg=True, echo=[("A4C", ".dcm"), ("A2C", ".mp4")], cmr=True, ct=True),
+        write_study(root, "s1", "train", ecg=True),
+        write_study(root, "s2", "train", echo=[("PLAX", ".dcm")]),
+        write_study(root, "s3", "train", ct=True),
+        write_study(root, "s4", "val", ecg=True, cmr=True),
+        write_study(root, "s5", "test", ecg=True, echo=[("A4C", ".dcm"), ("A4C", ".dcm"), ("A2C", ".dcm")]),
+    ]
+    write_manifest(studies, root / "manifest.csv")
+    return root / "manifest.csv"
+
+
+def test_preprocess_study_shapes_units_and_absent_modalities(cohort):
+    studies = read_manifest(cohort)
+    full = preprocess_study(studies[0], CFG)
+    assert sorted(full) == ["cmr", "ct", "ecg", "echo"]
+    assert full["ecg"]["signal"].shape == (12, 2000) and full["ecg"]["lead_mask"].all()
+    assert full["echo"]["frames"].shape == (2, 8, 32, 32)
+    assert full["echo"]["view_ids"].tolist() == [ECHO_VIEWS.index("A4C"), ECHO_VIEWS.index("A2C")]
+    assert full["cmr"]["cine"].shape == (4, 3, 32, 32) and 0 <= full["cmr"]["cine"].min() <= full["cmr"]["cine"].max() <= 1
+    assert full["ct"]["volume"].shape == (1, 16, 32, 32)
+    # 5 Hz sine in lead I (from WFDB, 1 uV steps) keeps its amplitude of 1 mV after 500 -> 250 Hz
+    lead_i = full["ecg"]["signal"][0, 400:-400].numpy()
+    assert np.abs(lead_i).max() == pytest.approx(1.0, abs=0.02)
+    assert list(preprocess_study(studies[1], CFG)) == ["ecg"]
+
+
+def test_preprocess_study_reads_the_sized_modalities_and_names_unset_sizes(cohort):
+    ct_only, ecg_config = read_manifest(cohort)[3], {"ecg": CFG["ecg"]}
+    assert preprocess_study(ct_only, ecg_config) == {}  # a model without a CT tower skips CT
+    with pytest.raises(ConfigError, match="preprocess.ct.shape not set"):
+        preprocess_study(ct_only, ecg_config, modalities=["ct"])
+
+
+def test_collate_lists_present_rows_and_pads_echo_views(cohort):
+    dataset = StudyDataset(read_manifest(cohort), CFG, train=False)
+    batch = collate_studies([dataset[i] for i in (1, 2, 3, 5)])  # s1 ecg, s2 echo, s3 ct, s5 ecg+echo
+    assert batch["study_id"] == ["s1", "s2", "s3", "s5"] and batch["text"][0] == "report of s1"
+    assert "cmr" not in batch  # absent key, no zero rows
+    assert batch["ecg"]["rows"].tolist() == [0, 3] and batch["ecg"]["signal"].shape == (2, 12, 2000)
+    assert batch["ct"]["rows"].tolist() == [2] and batch["ct"]["volume"].shape == (1, 1, 16, 32, 32)
+    echo = batch["echo"]
+    assert echo["rows"].tolist() == [1, 3] and echo["frames"].shape == (2, 2, 8, 32, 32)
+    assert echo["view_mask"].tolist() == [[True, False], [True, True]]
+    assert torch.all(echo["frames"][0, 1] == 0)  # the padded slot is masked, never read
+    # s5 has A4C twice and A2C: distinct views first
+    assert echo["view_ids"][1].tolist() == [ECHO_VIEWS.index("A4C"), ECHO_VIEWS.index("A2C")]
+
+
+def test_split_and_modality_filters(cohort):
+    studies = read_manifest(cohort)
+    assert [s.study_id for s in StudyDataset(studies, CFG, split="train").studies] == ["s0", "s1", "s2", "s3"]
+    ecg_only = StudyDataset(studies, CFG, split=["val", "test"], modalities=["ecg"])
+    assert [s.study_id for s in ecg_only.studies] == ["s4", "s5"]
+    assert list(ecg_only[1]) == ["study_id", "text", "ecg"]
+
+
+def test_cache_round_trip_gives_identical_batches(cohort, tmp_path):
+    studies = read_manifest(cohort)
+    summary = prepare_cache(cohort, tmp_path / "cache", CFG, progress=False)
+    assert summary["prepared"] == 6 and summary["reused"] == 0 and not summary["failed"]
+    assert json.loads((tmp_path / "cache" / "preprocess.json").read_text()) == PreprocessConfig.from_dict(CFG).to_dict()
+    assert len(list((tmp_path / "cache" / "studies").glob("*.safetensors"))) == 6
+    direct = StudyDataset(studies, CFG, train=True)
+    cached = StudyDataset(studies, CFG, cache_dir=tmp_path / "cache", train=True)
+    batches = []
+    for dataset, workers in ((direct, 0), (cached, 1)):
+        sampler = ModalityBalancedSampler(dataset.study_modalities(), 1, 0, seed=3)
+        batches.append(list(make_loader(dataset, 3, sampler, num_workers=workers, seed=3)))
+    assert len(batches[0]) == 2
+    for a, b in zip(*batches):
+        assert a["study_id"] == b["study_id"] and a.keys() == b.keys()
+        for modality in ("ecg", "echo", "cmr", "ct"):
+            if modality in a:
+                assert all(torch.equal(a[modality][k], b[modality][k]) for k in a[modality])
+
+
+def test_random_windows_follow_the_seed_and_center_without(cohort):
+    dataset = StudyDataset(read_manifest(cohort), CFG, train=True)
+    a, b, c = dataset[(1, 7)], dataset[(1, 7)], dataset[(1, 8)]
+    assert torch.equal(a["ecg"]["signal"], b["ecg"]["signal"])
+    assert not torch.equal(a["ecg"]["signal"], c["ecg"]["signal"])
+    center = StudyDataset(read_manifest(cohort), CFG, train=False)
+    assert torch.equal(center[(1, 7)]["ecg"]["signal"], center[1]["ecg"]["signal"])
+
+
+def test_cache_with_other_preprocess_is_refused(cohort, tmp_path):
+    prepare_cache(cohort, tmp_path / "cache", CFG, progress=False)
+    other = {**CFG, "ct": {**CFG["ct"], "window_hu": [-100.0, 700.0]}}
+    with pytest.raises(ConfigError, match=r"ct.window_hu") as err:
+        StudyDataset(read_manifest(cohort), other, cache_dir=tmp_path / "cache")
+    assert "preprocess.json" in str(err.value)
+    with pytest.raises(ConfigError, match=r"ct.window_hu"):
+        prepare_cache(cohort, tmp_path / "cache", other, progress=False)
+
+
+def test_grown_manifest_only_processes_new_and_changed_studies(cohort, tmp_path):
+    studies = read_manifest(cohort)
+    assert prepare_cache(studies[:4], tmp_path / "c", CFG, progress=False)["prepared"] == 4
+    grown = prepare_cache(studies, tmp_path / "c", CFG, progress=False)
+    assert (grown["prepared"], grown["reused"]) == (2, 4)
+    os.utime(studies[1].ecg, ns=(1, 1))  # a changed file is prepared again
+    again = prepare_cache(studies, tmp_path / "c", CFG, progress=False)
+    assert (again["prepared"], again["reused"]) == (1, 5)
+
+
+def test_partial_modality_cache_is_refused_then_extended(cohort, tmp_path):
+    studies = read_manifest(cohort)
+    prepare_cache(studies, tmp_path / "c", CFG, progress=False, modalities=["ecg"])
+    assert len(StudyDataset(studies, CFG, cache_dir=tmp_path / "c", modalities=["ecg"])) == 4
+    with pytest.raises(MMCardioError, match="not in the cache"):
+        StudyDataset(studies, CFG, cache_dir=tmp_path / "c")
+    extended = prepare_cache(studies, tmp_path / "c", CFG, progress=False)
+    assert extended["prepared"] == 5  # s1 had all it has (ECG only)
+    item = StudyDataset(studies, CFG, cache_dir=tmp_path / "c")[0]
+    assert sorted(k for k in item if k not in ("study_id", "text")) == ["cmr", "ct", "ecg", "echo"]
+
+
+def test_unreadable_study_is_listed_and_others_cached(cohort, tmp_path):
+    studies = read_manifest(cohort)[:2]
+    broken = tmp_path / "broken.hea"
+    broken.write_text("not a wfdb header\n")
+    studies.append(Study("bad", "pbad", ecg=broken, report="x"))
+    summary = prepare_cache(studies, tmp_path / "c", CFG, progress=False)
+    assert summary["prepared"] == 2 and list(summary["failed"]) == ["bad"]
+    assert "broken.hea" in summary["failed"]["bad"]
+    with pytest.raises(MMCardioError, match="not in the cache"):
+        StudyDataset(studies, CFG, cache_dir=tmp_path / "c")
+
+
+def test_prepare_command_json(cohort, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("preprocess: {ecg: {notch_hz: 50.0}}\n")
+    code = cli_main(["prepare", "--manifest", str(cohort), "--out", str(tmp_path / "c"),
+                     "--config", str(config), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["prepared"] == 6
+    stored = json.loads((tmp_path / "c" / "preprocess.json").read_text())
+    model_preprocess = get_config("cardioclip-tiny")["preprocess"]  # sizes come from the model config
+    assert stored["ecg"]["notch_hz"] == 50.0 and stored["ecg"]["samples"] == model_preprocess["ecg"]["samples"]
+
+
+def test_sampler_shards_are_disjoint_seeded_and_resumable():
+    mods = [["ecg"]] * 90 + [["ct"]] * 10
+    shards = [ModalityBalancedSampler(mods, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    draws = [list(s) for s in shards]
+    assert len(draws[0]) == len(draws[1]) == 50
+    assert not {seed for _, seed in draws[0]} & {seed for _, seed in draws[1]}  # different draws
+    assert list(shards[0]) == draws[0]  # same epoch, same draws
+    shards[0].set_epoch(1)
+    epoch1 = list(shards[0])
+    assert epoch1 != draws[0]
+    shards[0].set_epoch(1, start=20)  # resume after 20 keys of epoch 1
+    assert len(shards[0]) == 30 and list(shards[0]) == epoch1[20:]
+    ct_share = np.mean([mods[i] == ["ct"] for i, _ in draws[0] + draws[1]])
+    assert 0.35 < ct_share < 0.65  # 10% of studies, about half of the draws
+    uniform = ModalityBalancedSampler(mods, 1, 0, seed=5, balance=0.0)
+    assert np.mean([mods[i] == ["ct"] for i, _ in uniform]) < 0.25
+
+
+def test_sampler_every_modality_in_most_batches():
+    mods = [["ecg"]] * 60 + [["ecg", "echo"]] * 25 + [["cmr"]] * 10 + [["ct"]] * 5
+    sampler = ModalityBalancedSampler(mods, 1, 0, seed=0, samples_per_epoch=800)
+    keys = [i for i, _ in sampler]
+    batches = [keys[k:k + 8] for k in range(0, len(keys), 8)]
+    for modality in ("ecg", "echo", "cmr", "ct"):
+        share = np.mean([any(modality in mods[i] for i in b) for b in batches])
+        assert share > 0.75, modality
+
+
+def test_loader_pins_memory_only_with_cuda_and_keeps_workers(cohort):
+    dataset = StudyDataset(read_manifest(cohort), CFG, modalities=["ecg"])
+    loader = make_loader(dataset, 2, num_workers=1)
+    assert loader.pin_memory == torch.cuda.is_available() and loader.persistent_workers
+    assert not make_loader(dataset, 2).persistent_workers
+    assert len(list(make_loader(dataset, 3))) == 1 and len(list(make_loader(dataset, 3, drop_last=False))) == 2
