@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mmcardio scripts tests
-
-bench: $(STAMP)
-	$(BIN)/mmcardio bench --json
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

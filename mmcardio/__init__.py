@@ -1,2 +1,27 @@
-"""mmcardio: cardiology multimodal foundation models."""
+"""mmcardio: cardiology multimodal foundation models.
+
+The main API is imported lazily, so `import mmcardio` (and the CLI's start-up) does not pull
+in torch, transformers and open_clip until they are used.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CardioCLIP": "mmcardio.model", "CardioCLIPConfig": "mmcardio.model",
+    "create_model": "mmcardio.model", "CardioCLIPLoss": "mmcardio.losses",
+    "list_configs": "mmcardio.encoders", "get_config": "mmcardio.encoders",
+    "Study": "mmcardio.study", "read_manifest": "mmcardio.study", "write_manifest": "mmcardio.study",
+    "read": "mmcardio.datasets.readers", "read_ecg": "mmcardio.datasets.readers",
+    "read_video": "mmcardio.datasets.readers", "read_volume": "mmcardio.datasets.readers",
+    "Retriever": "mmcardio.retrieval.index",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mmcardio' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from mmcardio.errors import MMCardioError
 
 #: Subcommand modules in `mmcardio.commands`, in the order `--help` lists them.
 COMMANDS = ("synth", "validate", "read", "prepare", "pretrain", "embed", "index", "retrieve",
-            "zeroshot", "bench")
+            "zeroshot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"mmcardio.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"mmcardio.commands.{name}":
-                continue  # command not built yet in this checkout
-            raise
-        module.register(sub)
+        importlib.import_module(f"mmcardio.commands.{name}").register(sub)
     return parser
 
 

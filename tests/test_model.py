@@ -163,7 +163,7 @@ def test_save_and_load_round_trip_gives_identical_embeddings(model, tmp_path):
         assert torch.equal(a["features"][m], b["features"][m]), m
     assert torch.equal(a["text"], b["text"])
     config = json.loads((folder / "config.json").read_text())
-    assert config["towers"]["ecg"]["width"] == 32 and config["text"]["max_length"] == 64
+    assert config["towers"]["ecg"]["width"] == 32 and config["text"]["max_length"] == 256
     assert isinstance(create_model(folder), CardioCLIP)  # the factory loads folders too
 
 

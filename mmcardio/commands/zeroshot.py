@@ -58,11 +58,15 @@ def fmt(value: float | None) -> str:
 
 def summary_text(results: dict) -> str:
     """Headline numbers for people."""
-    s = results["summary"]
+    z, r = results["summary"]["zeroshot"], results["summary"]["retrieval"]
+    macro = ", ".join(f"{k} {fmt(v)}" for k, v in z["macro_auroc"].items())
     lines = [f"{results['n_studies']} studies ({results['split']}) in {results['seconds']:.1f} s",
-             f"mean zero-shot AUROC: EN {fmt(s['mean_auroc']['en'])}, ZH {fmt(s['mean_auroc']['zh'])}",
-             f"text->study R@1 {fmt(s.get('text_to_study_R@1'))}, zh_en_gap (P@10) {fmt(s['zh_en_gap'])}"]
-    lines += [f"LVEF MAE ({mod}): {fmt(v)} %" for mod, v in s.get("lvef_mae", {}).items()]
+             f"zero-shot macro AUROC (EN prompts): {macro}",
+             f"mean AUROC EN {fmt(z['mean_auroc']['en'])}, ZH {fmt(z['mean_auroc']['zh'])}; "
+             f"ECE {fmt(z['ece'])}; largest subgroup gap {fmt(z['subgroup_auroc_gap'])}",
+             f"text->study R@10 {fmt(r.get('recall_at_10'))}, MRR {fmt(r.get('mrr'))}, "
+             f"finding-consistent P@10 {fmt(r.get('precision_at_10'))}, zh-en gap {fmt(r['zh_en_gap'])}"]
+    lines += [f"LVEF MAE ({mod}): {fmt(v)} %" for mod, v in z["ef_mae_by_modality"].items()]
     lines.append(f"report: {results['out']}/report.md")
     return "\n".join(lines)
 

@@ -34,14 +34,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _summary(m: dict) -> list[str]:
-    s = m["summary"]
-    rows = [["mean zero-shot AUROC (EN prompts)", _num(s["mean_auroc"]["en"])],
-            ["mean zero-shot AUROC (ZH prompts)", _num(s["mean_auroc"]["zh"])],
-            ["ZH - EN mean AUROC", _num(s["zh_en_auroc_gap"])],
-            ["ZH - EN P@10 consistent (zh_en_gap)", _num(s["zh_en_gap"])],
-            ["text -> study R@1", _num(s.get("text_to_study_R@1"))],
-            ["largest subgroup AUROC gap", _num(s["largest_subgroup_gap"])]]
-    rows += [[f"LVEF MAE, {mod} (EN)", _num(v, 1)] for mod, v in s.get("lvef_mae", {}).items()]
+    z, r = m["summary"]["zeroshot"], m["summary"]["retrieval"]
+    rows = [[f"zero-shot macro AUROC, {key} (EN prompts)", _num(v)] for key, v in z["macro_auroc"].items()]
+    rows += [["mean zero-shot AUROC (EN prompts)", _num(z["mean_auroc"]["en"])],
+             ["mean zero-shot AUROC (ZH prompts)", _num(z["mean_auroc"]["zh"])],
+             ["ZH - EN mean AUROC", _num(z["zh_en_auroc_gap"])],
+             ["expected calibration error (mean, EN)", _num(z["ece"])],
+             ["largest subgroup AUROC gap", _num(z["subgroup_auroc_gap"])]]
+    rows += [[f"LVEF MAE, {mod} (EN)", _num(v, 1)] for mod, v in z["ef_mae_by_modality"].items()]
+    rows += [["report -> study R@1 / R@10", f"{_num(r.get('recall_at_1'))} / {_num(r.get('recall_at_10'))}"],
+             ["report -> study MRR", _num(r.get("mrr"))],
+             ["finding-consistent P@10", _num(r.get("precision_at_10"))],
+             ["ZH - EN finding-consistent P@10 (zh_en_gap)", _num(r["zh_en_gap"])]]
     return ["## Summary", "", *_table(["metric", "value"], rows)]
 
 

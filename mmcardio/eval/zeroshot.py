@@ -212,20 +212,30 @@ def regress(ctx: EvalContext, lang: str, top_k: int | None = None) -> tuple[list
 
 
 def summarise(results: dict) -> dict:
-    """Headline numbers: mean zero-shot AUROC per language, EF MAE, retrieval R@1, gaps."""
+    """Headline numbers: per-modality macro AUROC (English prompts), LVEF MAE from echo, ECE,
+    the largest subgroup AUROC gap, retrieval of studies from reports, and language gaps."""
+    english = [r for r in results["classification"] if r["lang"] == "en"]
     mean_auroc = {lang: _nanmean([r["auroc"]["value"] for r in results["classification"]
                                   if r["lang"] == lang]) for lang in LANGUAGES}
-    summary = {"mean_auroc": mean_auroc, "zh_en_auroc_gap": mean_auroc["zh"] - mean_auroc["en"],
-               "zh_en_gap": results["language"].get("zh_en_gap", float("nan"))}
-    study = results["retrieval"].get("study", {})
-    if study:
-        summary["text_to_study_R@1"] = study["text_to_study"]["R@1"]
-        summary["text_to_study_P@10_consistent"] = study["text_to_study"].get("P@10_consistent")
-    lvef = [r for r in results["regression"] if r["lang"] == "en" and r["measurement"] == "lvef"]
-    if lvef:
-        summary["lvef_mae"] = {r["modality"]: r["mae"] for r in lvef}
-    gaps = [r["largest_gap"] for r in results["subgroups"]]
-    summary["largest_subgroup_gap"] = _nanmax(gaps)
+    macro = {key: _nanmean([r["auroc"]["value"] for r in english if r["modality"] == key])
+             for key in dict.fromkeys(r["modality"] for r in english)}
+    lvef = {r["modality"]: r["mae"] for r in results["regression"]
+            if r["lang"] == "en" and r["measurement"] == "lvef"}
+    summary = {
+        "zeroshot": {"macro_auroc": macro, "ef_mae": lvef.get("echo", float("nan")),
+                     "ef_mae_by_modality": lvef,
+                     "ece": _nanmean([r["ece"] for r in english]),
+                     "subgroup_auroc_gap": _nanmax([r["largest_gap"] for r in results["subgroups"]]),
+                     "mean_auroc": mean_auroc,
+                     "zh_en_auroc_gap": mean_auroc["zh"] - mean_auroc["en"]},
+        "retrieval": {"zh_en_gap": results["language"].get("zh_en_gap", float("nan"))},
+    }
+    text_to_study = results["retrieval"].get("study", {}).get("text_to_study")
+    if text_to_study:
+        summary["retrieval"].update({
+            "recall_at_1": text_to_study["R@1"], "recall_at_10": text_to_study["R@10"],
+            "mrr": text_to_study["MRR"], "median_rank": text_to_study["median_rank"],
+            "precision_at_10": text_to_study.get("P@10_consistent", float("nan"))})
     return summary
 
 
