@@ -1,9 +1,12 @@
 """Contrastive losses for CardioCLIP (open_clip's ClipLoss / SigLipLoss) and the MAE loss.
 
-Every study modality is aligned with the report text of the same studies. A batch lists only
-the rows that have a modality, and under DDP each rank has different rows, so per modality:
+Every study modality is aligned with the report text of the same studies: its own exam report
+when the batch has one (`modality_text`), else the whole report; the fused study embedding
+with the whole report. A batch lists only the rows that have a modality, and under DDP each
+rank has different rows, so per modality:
 
-1. scatter the features into [B, D] with a presence column (one collective moves both),
+1. scatter the features and their texts into [B, D] with a presence column (one collective
+   moves both),
 2. gather across ranks with open_clip's `gather_features` (with grad), padding B to the
    largest batch of any rank,
 3. keep the present rows (and the matching text), and
@@ -41,7 +44,7 @@ class CardioCLIPLoss(nn.Module):
     """Align every study modality (and optional modality pairs) with the report text.
 
     Call with the model's output: `loss_fn(**model(batch))` or
-    `loss_fn(features, rows, text, logit_scale, logit_bias)`. Returns a dict with `loss`
+    `loss_fn(features, rows, text, logit_scale, logit_bias, modality_text)`. Returns a dict with `loss`
     (the sum of the terms), `losses` {name: scalar} and `counts` {name: rows used globally};
     pair terms are named "ecg-echo".
 
@@ -87,19 +90,24 @@ class CardioCLIPLoss(nn.Module):
         self,
         features: dict[str, torch.Tensor],
         rows: dict[str, torch.Tensor],
-        text: torch.Tensor,
+        text: torch.Tensor | None,
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
+        modality_text: dict[str, torch.Tensor] | None = None,
     ) -> dict:
         names = self._collective_order(features)
-        total = text.sum() * 0.0  # keeps a graph even when no term has two rows
+        like = text if text is not None else next(iter((modality_text or features).values()))
+        total = like.sum() * 0.0  # keeps a graph even when no term has two rows
         result = {"loss": total, "losses": {}, "counts": {}}
         if not names:
             return result
-        batch = self._global_batch_size(text)
-        text_dense = self._dense(text, None, batch, text)
+        batch = self._global_batch_size(text, rows)
+        text_dense = torch.stack(
+            [self._dense(*self._text_of(m, features, rows, text, modality_text), batch, like)
+             for m in names], 1
+        )
         mods_dense = torch.stack(
-            [self._dense(features.get(m), rows.get(m), batch, text) for m in names], 1
+            [self._dense(features.get(m), rows.get(m), batch, like) for m in names], 1
         )
         if self.world_size > 1:
             for tensor in (text_dense, mods_dense):
@@ -112,9 +120,9 @@ class CardioCLIPLoss(nn.Module):
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        gathered = {"text": _split(text_dense)}
+        gathered = {f"text:{m}": _split(text_dense[:, i]) for i, m in enumerate(names)}
         gathered.update({m: _split(mods_dense[:, i]) for i, m in enumerate(names)})
-        terms = [(m, m, "text") for m in names]
+        terms = [(m, m, f"text:{m}") for m in names]
         terms += [
             (f"{a}-{b}", a, b) for a, b in self.cross_modal_pairs if a in names and b in names
         ]
@@ -129,6 +137,23 @@ class CardioCLIPLoss(nn.Module):
             )
             result["loss"] = result["loss"] + result["losses"][name]
         return result
+
+    @staticmethod
+    def _text_of(
+        key: str,
+        features: dict[str, torch.Tensor],
+        rows: dict[str, torch.Tensor],
+        text: torch.Tensor,
+        modality_text: dict[str, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The texts `key`'s rows align with, and those rows (None rows: the whole batch)."""
+        if key not in features:
+            return None, None
+        if modality_text is not None and key in modality_text:
+            return modality_text[key], rows[key]
+        if text is None:
+            raise ValueError(f"no text for {key!r}: give its modality_text or the whole reports")
+        return text[rows[key].to(text.device)], rows[key]
 
     def _score(
         self,
@@ -150,8 +175,10 @@ class CardioCLIPLoss(nn.Module):
             return list(self.modalities)
         return [m for m in self.modalities if m in features]
 
-    def _global_batch_size(self, text: torch.Tensor) -> int:
-        size = torch.tensor([text.shape[0]], device=text.device)
+    def _global_batch_size(self, text: torch.Tensor | None, rows: dict[str, torch.Tensor]) -> int:
+        """Rows of the dense tensors: the batch (or the highest row used, without whole texts)."""
+        local = text.shape[0] if text is not None else max(int(r.max()) + 1 for r in rows.values() if r.numel())
+        size = torch.tensor([local], device=next(iter(rows.values())).device)
         if self.world_size > 1:
             dist.all_reduce(size, op=dist.ReduceOp.MAX)
         return int(size)

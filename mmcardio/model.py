@@ -149,9 +149,10 @@ class CardioCLIP(nn.Module):
     """Study modalities and report text in one contrastive embedding space.
 
     `forward(batch)` takes the data pipeline's collated batch and returns what
-    `CardioCLIPLoss` takes: features {modality: [n, D]}, rows {modality: [n]}, text [B, D],
-    logit_scale, logit_bias. `text_folder` builds the text tower from a saved folder's
-    tokenizer/ (architecture only; the weights come from model.safetensors).
+    `CardioCLIPLoss` takes: features {modality: [n, D]}, rows {modality: [n]}, text [B, D]
+    (or None), modality_text {modality: [n, D]}, logit_scale, logit_bias. `text_folder` builds
+    the text tower from a saved folder's tokenizer/ (architecture only; the weights come from
+    model.safetensors).
     """
 
     def __init__(self, config: CardioCLIPConfig, text_folder: str | Path | None = None):
@@ -236,7 +237,10 @@ class CardioCLIP(nn.Module):
         return F.normalize(fused[has_any], dim=-1), has_any.nonzero().flatten()
 
     def forward(self, batch: dict) -> dict:
-        """Embeddings of every modality present in `batch` (keys without a tower are ignored)."""
+        """Embeddings of every modality present in `batch` (keys without a tower are ignored),
+        of each modality's exam reports ("modality_text", rows as in "rows"; from
+        `batch[m]["report"]`, which the data pipeline fills) and, when some term needs them, of
+        the whole reports ("text" [B, D], else None)."""
         features, rows = {}, {}
         for m in self.towers:
             if m in batch:
@@ -244,13 +248,33 @@ class CardioCLIP(nn.Module):
                 rows[m] = batch[m]["rows"].to(self.device)
         if self.fusion is not None and features:
             features[STUDY], rows[STUDY] = self.fuse(features, rows, len(batch["text"]))
+        text, modality_text = self._encode_reports(batch)
         return {
             "features": features,
             "rows": rows,
-            "text": self.encode_text(batch["text"]),
+            "text": text,
+            "modality_text": modality_text,
             "logit_scale": self.logit_scale.exp().clamp(max=100.0),
             "logit_bias": self.logit_bias,
         }
+
+    def _encode_reports(self, batch: dict) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Exam reports and, when a loss term needs them (the fused study, or a modality without
+        exam reports in the batch), whole reports: one text-tower pass over distinct strings."""
+        exams = {m: list(batch[m]["report"]) for m in self.towers
+                 if m in batch and "report" in batch[m]}
+        need_whole = self.fusion is not None or any(m in batch and m not in exams for m in self.towers)
+        whole = list(batch["text"]) if need_whole else []
+        distinct = list(dict.fromkeys([*whole, *(t for v in exams.values() for t in v)]))
+        if not distinct:
+            return None, {}
+        index = {t: i for i, t in enumerate(distinct)}
+        embedded = self.encode_text(distinct)
+
+        def rows_of(texts: list[str]) -> torch.Tensor:
+            return embedded[torch.tensor([index[t] for t in texts], device=self.device)]
+
+        return (rows_of(whole) if whole else None), {m: rows_of(v) for m, v in exams.items()}
 
     @torch.no_grad()
     def encode_study(self, study_inputs: dict[str, dict] | Study) -> dict[str, torch.Tensor]:

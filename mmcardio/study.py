@@ -1,16 +1,21 @@
 """The Study record and the manifest (one row per study) in CSV, Parquet or JSONL.
 
-Columns: study_id, patient_id, split, ecg, echo, cmr, ct, masks, report, report_lang, age,
-sex, labels, measurements. Paths are relative to the manifest's folder (or absolute).
+Columns: study_id, patient_id, split, ecg, echo, cmr, ct, masks, report, reports, report_lang,
+age, sex, labels, measurements. Paths are relative to the manifest's folder (or absolute).
 Structured cells in CSV are JSON (`echo`: [{"path": ..., "view": "A4C"}], `masks`:
-{"echo:A4C": path, "cmr": path}, `labels`: {"afib": 1}, `measurements`:
-{"lvef": {"value": 55.0, "unit": "%"}}); `echo` also accepts the short form
-"A4C=a4c.dcm;A2C=a2c.mp4".
+{"echo:A4C": path, "cmr": path}, `reports`: {"ecg": "Sinus rhythm...", "echo": "..."},
+`labels`: {"afib": 1}, `measurements`: {"lvef": {"value": 55.0, "unit": "%"}}); `echo` also
+accepts the short form "A4C=a4c.dcm;A2C=a2c.mp4".
+
+`report` is the study's whole report; `reports` (optional) holds each exam's own report by
+modality, as hospitals file them (the ECG read, the echo report, ...). Training aligns each
+modality with its own exam report when there is one, else with the whole report.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,8 +27,9 @@ from mmcardio.io import atomic_path
 from mmcardio.modality import STUDY_MODALITIES, Modality
 
 COLUMNS = ("study_id", "patient_id", "split", "ecg", "echo", "cmr", "ct", "masks", "report",
-           "report_lang", "age", "sex", "labels", "measurements")
+           "reports", "report_lang", "age", "sex", "labels", "measurements")
 REQUIRED = ("study_id", "patient_id")
+STRUCTURED = ("echo", "masks", "reports", "labels", "measurements")  # JSON cells in CSV
 SPLITS = ("train", "val", "test")
 LANGS = ("en", "zh")
 SEXES = ("F", "M")
@@ -52,6 +58,7 @@ class Study:
     ct: Path | None = None
     masks: dict[str, Path] = field(default_factory=dict)
     report: str = ""
+    reports: dict[str, str] = field(default_factory=dict)
     report_lang: str = "en"
     age: float | None = None
     sex: str | None = None
@@ -63,6 +70,10 @@ class Study:
         have = {Modality.ECG: self.ecg, Modality.ECHO: self.echo, Modality.CMR: self.cmr,
                 Modality.CT: self.ct}
         return [m for m in STUDY_MODALITIES if have[m]]
+
+    def report_for(self, modality: str) -> str:
+        """The exam report of `modality` when the manifest has one, else the whole report."""
+        return self.reports.get(str(modality)) or self.report
 
     def files(self) -> list[tuple[str, Path]]:
         """(column, path) for every file the row points to."""
@@ -82,7 +93,7 @@ class Study:
             "echo": [{"path": rel(c.path), "view": c.view} for c in self.echo],
             "cmr": rel(self.cmr) if self.cmr else None, "ct": rel(self.ct) if self.ct else None,
             "masks": {k: rel(p) for k, p in self.masks.items()},
-            "report": self.report, "report_lang": self.report_lang, "age": self.age,
+            "report": self.report, "reports": dict(self.reports), "report_lang": self.report_lang, "age": self.age,
             "sex": self.sex, "labels": dict(self.labels),
             "measurements": {k: {"value": m.value, "unit": m.unit}
                              for k, m in self.measurements.items()},
@@ -147,7 +158,7 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         if _empty(row.get(col)):
             raise fail(col, "is required and empty")
     parsed: dict[str, Any] = {}
-    for col in ("echo", "masks", "labels", "measurements"):
+    for col in STRUCTURED:
         try:
             parsed[col] = _structured(row.get(col), col)
         except json.JSONDecodeError as err:
@@ -160,6 +171,8 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         labels = {k: int(v) for k, v in (parsed["labels"] or {}).items()}
     except (KeyError, TypeError, ValueError) as err:
         raise fail("echo/labels/measurements", f"malformed structured cell: {err}") from None
+    if not isinstance(parsed["reports"] or {}, dict):
+        raise fail("reports", f"expected a JSON object {{modality: report text}}, got {row.get('reports')!r}")
     age = row.get("age")
     return Study(
         study_id=str(row["study_id"]), patient_id=str(row["patient_id"]),
@@ -169,6 +182,7 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         ct=None if _empty(row.get("ct")) else path_of(row["ct"]),
         masks={k: path_of(v) for k, v in (parsed["masks"] or {}).items()},
         report="" if _empty(row.get("report")) else str(row["report"]),
+        reports={str(k): str(v) for k, v in (parsed["reports"] or {}).items() if not _empty(v)},
         report_lang=str(row.get("report_lang") or "en"),
         age=None if _empty(age) else float(age),
         sex=None if _empty(row.get("sex")) else str(row["sex"]).upper()[:1],
@@ -219,12 +233,12 @@ def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         if suffix == ".csv":
             frame = pd.DataFrame(rows, columns=list(COLUMNS))
-            for col in ("echo", "masks", "labels", "measurements"):
+            for col in STRUCTURED:
                 frame[col] = [json.dumps(v, ensure_ascii=False) for v in frame[col]]
             frame.to_csv(tmp, index=False)
         elif suffix in (".parquet", ".pq"):
             frame = pd.DataFrame(rows, columns=list(COLUMNS))
-            for col in ("echo", "masks", "labels", "measurements"):  # nested maps vary by row
+            for col in STRUCTURED:  # nested maps vary by row
                 frame[col] = [json.dumps(v, ensure_ascii=False) for v in frame[col]]
             frame.to_parquet(tmp, index=False)
         elif suffix in (".jsonl", ".ndjson"):
@@ -234,10 +248,10 @@ def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
     return path
 
 
-def validate_manifest(path: str | Path, read_files: bool = True, progress: bool = False) -> list[Problem]:
-    """Every problem of every row and file, without stopping at the first."""
-    from mmcardio.datasets.readers import read_for_column  # readers import numpy-heavy libs
-
+def validate_manifest(path: str | Path, read_files: bool = True, progress: bool = False,
+                      workers: int | None = None) -> list[Problem]:
+    """Every problem of every row and file, without stopping at the first (by row). Files are
+    decoded by `workers` processes (default: one per CPU)."""
     path = Path(path)
     try:
         rows = read_rows(path)
@@ -246,11 +260,8 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
     root = path.resolve().parent
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    iterator = enumerate(rows)
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, total=len(rows), desc="validate", unit="study")
-    for i, row in iterator:
+    to_read: list[tuple[int, str, Path]] = []
+    for i, row in enumerate(rows):
         try:
             study = study_from_row(row, root, i, str(path))
         except ManifestError as err:
@@ -261,11 +272,38 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
             if not file.exists():
                 problems.append(Problem(i, column, str(file), "file does not exist"))
             elif read_files:
-                try:
-                    read_for_column(column, file)
-                except Exception as err:  # every reader failure is a problem to list, not to raise
-                    problems.append(Problem(i, column, str(file), getattr(err, "problem", str(err))))
-    return problems
+                to_read.append((i, column, file))
+    problems += _unreadable(to_read, workers, progress)
+    return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
+
+
+def _unreadable(files: list[tuple[int, str, Path]], workers: int | None, progress: bool) -> list[Problem]:
+    """A problem for each (row, column, file) its reader refuses."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
+    jobs = [(column, file) for _, column, file in files]
+    bar = {"total": len(files), "desc": "validate", "unit": "file", "disable": not progress}
+    if workers <= 1:
+        errors = list(tqdm(map(_read_error, jobs), **bar))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            errors = list(tqdm(pool.map(_read_error, jobs, chunksize=4), **bar))
+    return [Problem(i, column, str(file), error) for (i, column, file), error in zip(files, errors) if error]
+
+
+def _read_error(job: tuple[str, Path]) -> str | None:
+    """None if the file decodes, else why not (every reader failure is a problem to list)."""
+    from mmcardio.datasets.readers import read_for_column  # readers import numpy-heavy libs
+
+    column, file = job
+    try:
+        read_for_column(column, file)
+    except Exception as err:  # noqa: BLE001 - listed, not raised
+        return getattr(err, "problem", str(err))
+    return None
 
 
 def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
@@ -287,4 +325,8 @@ def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
             out.append(Problem(i, "labels", None, f"label {name!r} must be 0 or 1, got {value}"))
     if not study.modalities():
         out.append(Problem(i, None, None, "study has no ecg, echo, cmr or ct file"))
+    known = [str(m) for m in STUDY_MODALITIES]
+    for key in study.reports:
+        if key not in known:
+            out.append(Problem(i, "reports", None, f"key {key!r}: expected a modality, one of {known}"))
     return out

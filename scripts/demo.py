@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,10 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-QUERIES = [  # (English, Chinese twin) report-style queries
-    ("atrial fibrillation", "心房颤动"),
-    ("left bundle branch block with reduced ejection fraction", "左束支传导阻滞，射血分数降低"),
-    ("severe coronary artery calcification", "严重冠状动脉钙化"),
+QUERIES = [  # (English, Chinese twin, the embeddings searched) report-style queries
+    ("atrial fibrillation", "心房颤动", "ecg"),
+    ("left bundle branch block", "左束支传导阻滞", "ecg"),
+    ("reduced left ventricular ejection fraction", "左室射血分数降低", "echo"),
+    ("severe coronary artery calcification", "重度冠状动脉钙化", "ct"),
 ]
 
 
@@ -63,20 +65,38 @@ def read_examples(cohort: Path) -> dict:
 
 
 def retrieval_table(index: Path, model: Path) -> list[dict]:
+    """The example queries through `mmcardio retrieve` once (as a user types it), then all of
+    them through the same Retriever in this process (one model load instead of eight)."""
+    en, _, modality = QUERIES[0]
+    step(f"retrieve: {en}", mmcardio("retrieve", "--index", index, "--model", model, en, "--k", 3,
+                                     "--modality", modality))
+    from mmcardio.retrieval import Retriever
+
+    retriever = Retriever(index, model)
     rows = []
-    for en, zh in QUERIES:
+    for en, zh, modality in QUERIES:
         for query in (en, zh):
-            hits = step(f"retrieve: {query}", mmcardio("retrieve", "--index", index, "--model", model,
-                                                       query, "--k", 3, "--modality", "study"))
-            for hit in hits["hits"]:
-                rows.append({"query": query, **{k: hit[k] for k in ("rank", "study_id", "score", "summary")}})
+            for hit in retriever.search_text(query, k=3, modality=modality):
+                rows.append({"query": query, "modality": modality,
+                             **{k: v for k, v in hit.as_dict().items() if k in ("rank", "study_id", "score", "summary")}})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'query':<58} {'#':>2} {'study':<10} {'score':>6}  first sentence of its report")
+    print(f"\n{'query':<44} {'in':<5} {'#':>2} {'study':<8} {'score':>6}  first sentence of its report")
     for r in rows:
-        print(f"{r['query'][:58]:<58} {r['rank']:>2} {r['study_id']:<10} {r['score']:6.3f}  {r['summary'][:70]}")
+        print(f"{r['query'][:44]:<44} {r['modality']:<5} {r['rank']:>2} {r['study_id']:<8} {r['score']:6.3f}  "
+              f"{r['summary'][:70]}")
+
+
+def start_fresh(out: Path) -> None:
+    """Remove an earlier demo run in `out` (never a folder the demo did not make)."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "cohort" / "manifest.csv").is_file():
+        sys.exit(f"demo: {out} exists and holds no earlier demo run; give another --out")
+    print(f"demo: removing the earlier run in {out}", flush=True)
+    shutil.rmtree(out)
 
 
 def main() -> None:
@@ -89,6 +109,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     out = args.out.resolve()
+    start_fresh(out)
     cohort, cache = out / "cohort", out / "cache"
     manifest = cohort / "manifest.csv"
 
@@ -97,13 +118,13 @@ def main() -> None:
     check = step("validate the manifest", mmcardio("validate", manifest))
     read = read_examples(cohort)
     step("prepare the preprocessed cache", mmcardio("prepare", "--manifest", manifest, "--out", cache,
-                                                    "--config", args.config))
+                                                    "--config", args.config, "--workers", 2))
     mae = launch(args.config, manifest, cache, out / "mae", "stage=mae")
     align = launch(args.config, manifest, cache, out / "align", "stage=align",
                    f"init_from={out / 'mae' / 'final'}")
     model = out / "align" / "final"
     step("embed every study and report", mmcardio("embed", "--model", model, "--manifest", manifest,
-                                                  "--out", out / "store"))
+                                                  "--out", out / "store", "--cache", cache))
     step("build the FAISS index", mmcardio("index", "--store", out / "store", "--out", out / "index"))
     zeroshot = step("zero-shot evaluation on the test split",
                     mmcardio("zeroshot", "--model", model, "--manifest", manifest, "--split", "test",

@@ -19,7 +19,7 @@ from mmcardio.datasets.cohort import (
     prepare_cache,
     preprocess_study,
 )
-from mmcardio.datasets.transforms import PreprocessConfig
+from mmcardio.datasets.transforms import PreprocessConfig, report_sentences
 from mmcardio.datasets.writers.dicom import write_dicom_video
 from mmcardio.datasets.writers.ecg import write_ecg
 from mmcardio.datasets.writers.nifti import write_nifti
@@ -119,6 +119,7 @@ def test_collate_lists_present_rows_and_pads_echo_views(cohort):
     dataset = StudyDataset(read_manifest(cohort), CFG, train=False)
     batch = collate_studies([dataset[i] for i in (1, 2, 3, 5)])  # s1 ecg, s2 echo, s3 ct, s5 ecg+echo
     assert batch["study_id"] == ["s1", "s2", "s3", "s5"] and batch["text"][0] == "report of s1"
+    assert batch["ecg"]["report"] == ["report of s1", "report of s5"]  # no exam reports: the whole one
     assert "cmr" not in batch  # absent key, no zero rows
     assert batch["ecg"]["rows"].tolist() == [0, 3] and batch["ecg"]["signal"].shape == (2, 12, 2000)
     assert batch["ct"]["rows"].tolist() == [2] and batch["ct"]["volume"].shape == (1, 1, 16, 32, 32)
@@ -155,6 +156,7 @@ def test_cache_round_trip_gives_identical_batches(cohort, tmp_path):
         assert a["study_id"] == b["study_id"] and a.keys() == b.keys()
         for modality in ("ecg", "echo", "cmr", "ct"):
             if modality in a:
+                assert a[modality].pop("report") == b[modality].pop("report")
                 assert all(torch.equal(a[modality][k], b[modality][k]) for k in a[modality])
 
 
@@ -257,3 +259,22 @@ def test_loader_pins_memory_only_with_cuda_and_keeps_workers(cohort):
     assert loader.pin_memory == torch.cuda.is_available() and loader.persistent_workers
     assert not make_loader(dataset, 2).persistent_workers
     assert len(list(make_loader(dataset, 3))) == 1 and len(list(make_loader(dataset, 3, drop_last=False))) == 2
+
+
+def test_items_carry_exam_reports_and_sample_their_sentences(cohort):
+    study = read_manifest(cohort)[5]  # ECG and echo
+    study.report = "ECG: Sinus rhythm. Rate 72 bpm. Normal ECG.\nEcho: LVEF 5.1 %. Normal LV size."
+    study.reports = {"ecg": "ECG: Sinus rhythm. Rate 72 bpm. Normal ECG."}
+    plain = StudyDataset([study], CFG, train=True)[(0, 7)]
+    assert plain["ecg"]["report"] == study.reports["ecg"] and plain["echo"]["report"] == study.report
+    sampled = StudyDataset([study], CFG, train=True, sample_sentences=True)
+    draws = [sampled[(0, seed)] for seed in range(30)]
+    whole = set(report_sentences(study.report))
+    assert report_sentences(study.report)[3] == "Echo: LVEF 5.1 %."  # "5.1" ends no sentence
+    for item in draws:
+        ecg_part = report_sentences(item["ecg"]["report"])
+        assert 1 <= len(ecg_part) and set(ecg_part) <= set(report_sentences(study.reports["ecg"]))
+        assert set(report_sentences(item["text"])) <= whole and item["echo"]["report"] == item["text"]
+    assert len({d["ecg"]["report"] for d in draws}) > 3  # drawn anew per seed...
+    assert sampled[(0, 4)]["ecg"]["report"] == draws[4]["ecg"]["report"]  # ...and reproducibly
+    assert StudyDataset([study], CFG, train=False, sample_sentences=True)[0]["text"] == study.report

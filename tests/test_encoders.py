@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from monai.networks.nets import ViT
+from monai.networks.nets.resnet import ResNet
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from mmcardio.encoders import create_encoder, encoder_config, get_config, list_configs
@@ -137,12 +138,22 @@ def test_cmr_shapes_with_full_and_fewer_phases():
         cmr(torch.randn(2, 9, 6, 64, 64))
 
 
-def test_ct_is_a_monai_vit():
-    ct = create_encoder("ct", small("ct-tiny", depth=1))
-    assert isinstance(ct.vit, ViT)
-    assert ct(torch.randn(2, 1, 32, 64, 64)).shape == (2, 64)
+def test_ct_backbones_are_monai_vit_and_resnet_after_a_max_pool():
+    vit = create_encoder("ct", small("ct-base", width=32, depth=1, heads=2, input_size=[32, 64, 64],
+                                     patch_size=[8, 16, 16], input_pool=2))
+    assert isinstance(vit.net, ViT) and vit.config.grid == [16, 32, 32]
+    assert vit(torch.randn(2, 1, 32, 64, 64)).shape == (2, 32)
     with pytest.raises(ValueError, match="32, 64, 64"):
-        ct(torch.randn(2, 1, 32, 64, 32))
+        vit(torch.randn(2, 1, 32, 64, 32))
+    with pytest.raises(ConfigError, match="pooled grid"):
+        create_encoder("ct", small("ct-base", input_size=[32, 64, 64], patch_size=[32, 16, 16], input_pool=2))
+    resnet = create_encoder("ct", small("ct-tiny")).eval()
+    assert isinstance(resnet.net, ResNet)
+    volume = torch.zeros(1, 1, 32, 80, 80)
+    spot = volume.clone()
+    spot[0, 0, 16, 40, 40] = 1.0  # one voxel: the max-pool passes it on whole
+    with torch.no_grad():
+        assert resnet(volume).shape == (1, 64) and not torch.allclose(resnet(volume), resnet(spot))
 
 
 # ---------------------------------------------------------------------------------- text

@@ -48,6 +48,14 @@ def test_absent_rows_equal_open_clip_on_present_rows(kind):
     assert out["counts"] == {"ecg": 4}
 
 
+def test_exam_reports_pair_with_their_modality_and_the_whole_report_with_the_rest():
+    rows = {"ecg": torch.tensor([0, 2, 3]), "ct": torch.tensor([1, 2, 4])}
+    ecg, ct, whole, ecg_report = unit(3, D, seed=10), unit(3, D, seed=11), unit(5, D, seed=12), unit(3, D, seed=13)
+    out = CardioCLIPLoss()({"ecg": ecg, "ct": ct}, rows, whole, SCALE, modality_text={"ecg": ecg_report})
+    assert torch.allclose(out["losses"]["ecg"], ClipLoss()(ecg, ecg_report, SCALE))
+    assert torch.allclose(out["losses"]["ct"], ClipLoss()(ct, whole[rows["ct"]], SCALE))
+
+
 def test_absent_rows_get_exactly_zero_gradient():
     text = unit(6, D, seed=4).requires_grad_(True)
     ecg = unit(3, D, seed=5).requires_grad_(True)

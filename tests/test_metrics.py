@@ -157,6 +157,23 @@ def _toy_encoder(dim: int = 24):
     return encode
 
 
+def test_precision_at_k_equals_brute_force_and_caps_at_the_relevant_count():
+    rng = np.random.default_rng(5)
+    sim = rng.integers(0, 4, size=(6, 30)).astype(float)  # many ties: broken by candidate index
+    relevant = rng.random((6, 30)) < 0.15
+    relevant[0] = False
+    relevant[1] = False
+    relevant[1, [2, 7]] = True  # two relevant: P@min(10, 2)
+    got = M.precision_at_k(sim, relevant, k=10)
+    for q in range(6):
+        order = sorted(range(30), key=lambda c: (-sim[q, c], c))
+        depth = min(10, int(relevant[q].sum()))
+        expected = np.nan if depth == 0 else sum(relevant[q, c] for c in order[:depth]) / depth
+        assert got[q] == pytest.approx(expected, nan_ok=True)
+    perfect = np.where(relevant, 1.0, 0.0)
+    assert np.allclose(M.precision_at_k(perfect[1:], relevant[1:], 10), 1.0)
+
+
 def test_class_embeddings_match_open_clip_zero_shot_classifier():
     encode = _toy_encoder()
     templates = ["{}", "the ECG shows {}", "findings consistent with {}"]

@@ -54,11 +54,22 @@ LIGHT = {
 }
 
 
+#: What the scratch text tower of the tiny config learns its vocabulary from in these tests.
+CORPUS = [
+    "ECG: Sinus rhythm, rate 72 bpm. Normal ECG.",
+    "ECG: Atrial fibrillation with rapid ventricular response, 130 bpm.",
+    "Echo: LVEF 35%, left ventricular ejection fraction is reduced. Normal LV size.",
+    "CT: Coronary artery calcification, Agatston score 512.",
+    "心电图：心房颤动，心室率110次/分。超声心动图：左心室射血分数降低，LVEF 35%。",
+]
+
+
 def light_model(**overrides) -> CardioCLIP:
     torch.manual_seed(0)
-    return create_model(
-        "cardioclip-tiny", **{"towers": LIGHT, "preprocess": {}, **overrides}
-    ).eval()
+    model = create_model("cardioclip-tiny", **{"towers": LIGHT, "preprocess": {}, **overrides})
+    if model.text.needs_tokenizer:
+        model.text.fit_tokenizer(CORPUS)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +160,21 @@ def test_encode_text_english_and_chinese(model):
     assert emb.shape == (3, 64)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert (emb @ emb.T - torch.eye(3)).abs().max() < 0.999  # three different embeddings
+
+
+def test_scratch_text_tower_learns_its_vocabulary_from_reports():
+    model = create_model("cardioclip-tiny", towers={"ecg": LIGHT["ecg"]}, cross_modal_pairs=[],
+                         preprocess={})
+    with pytest.raises(MMCardioError, match="fit_tokenizer"):
+        model.encode_text(["Sinus rhythm."])
+    size = model.text.fit_tokenizer(CORPUS)
+    assert size <= model.text.model.config.vocab_size
+    tok = model.text.tokenizer
+    pieces = tok.convert_ids_to_tokens(tok(["LVEF 35%，心房颤动"])["input_ids"][0])
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
+    assert {"3", "5", "心", "房", "颤", "动"} <= set(pieces) and "[UNK]" not in pieces
+    digits = [p for p in tok.tokenize("LVEF 53%, PR 210 ms") if p.isdigit()]
+    assert digits == ["5", "3", "2", "1", "0"]  # one token per digit, shared by every number
 
 
 def test_save_and_load_round_trip_gives_identical_embeddings(model, tmp_path):

@@ -139,6 +139,9 @@ def test_align_run_logs_decreasing_loss_and_saves_a_loadable_model(phantom, tmp_
     emb = model.encode_study(study)
     text = model.encode_text(["Sinus rhythm, normal ECG."])
     assert emb["study"].shape == (64,) and text.shape == (1, 64)
+    # the scratch text tower's vocabulary, learned from the training reports, travels with the model
+    learned = json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert model.text.tokenizer.get_vocab() == learned and "sinus" in learned
     assert torch.linalg.vector_norm(emb["study"]).item() == pytest.approx(1.0, abs=1e-4)
 
 
@@ -193,7 +196,8 @@ def test_mae_stage_trains_the_ecg_tower_only_and_reports_reconstruction(phantom,
     held_out = [s for s in read_manifest(phantom / "cohort" / "manifest.csv") if s.split != "train" and s.ecg]
     assert report["n_ecgs"] == len(held_out) > 0 and report["n_chest_leads_scored"] > 0
     assert 0 < report["mae_vs_mean_ratio"] < 10 and -1 <= report["lead_reconstruction_corr"] <= 1
-    # the alignment stage starts from the MAE run's weights
+    # the alignment stage starts from the MAE run's weights and inherits its text vocabulary
+    assert (out / "final" / "tokenizer" / "tokenizer.json").read_text() == (out / "tokenizer" / "tokenizer.json").read_text()
     aligned = build_model(load_pretrain_config(TINY, [f"init_from={out / 'final'}"]))
     assert torch.equal(aligned.state_dict()["towers.ecg.decoder.head.weight"], final["towers.ecg.decoder.head.weight"])
 
@@ -221,6 +225,7 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(phantom):
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg)
+        model.text.fit_tokenizer([s.report for s in studies])
         dataset = StudyDataset(studies, run_preprocess(cfg), cache_dir=phantom / "cache", split="train",
                                modalities=model.modalities)
         batch = collate_studies([dataset[i] for i in range(4)])

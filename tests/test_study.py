@@ -16,6 +16,7 @@ def _study(root, sid="s1", pid="p1"):
         study_id=sid, patient_id=pid, split="test", ecg=root / "ecg" / f"{sid}.hea",
         echo=[EchoClip(root / "echo" / f"{sid}_a4c.dcm", "A4C"), EchoClip(root / "echo" / f"{sid}_a2c.mp4", "A2C")],
         masks={"echo:A4C": root / "masks" / f"{sid}_a4c.nii.gz"}, report="LVEF 35%. 左室射血分数35%。",
+        reports={"echo": "LVEF 35%.", "ecg": "心房颤动。"},
         report_lang="zh", age=63.0, sex="F", labels={"reduced_ef": 1, "afib": 0},
         measurements={"lvef": Measurement(35.0, "%"), "lvedv": Measurement(182.0, "mL")},
     )
@@ -28,6 +29,15 @@ def test_manifest_round_trip_keeps_every_field(tmp_path, suffix):
     back = read_manifest(path)
     assert [s.study_id for s in back] == ["s1", "s2"]
     assert back[0] == studies[0]  # paths resolve back to the same absolute files
+
+
+def test_exam_reports_fall_back_to_the_whole_report_and_bad_keys_are_listed(tmp_path):
+    study = _study(tmp_path)
+    assert study.report_for("echo") == "LVEF 35%." and study.report_for("ct") == study.report
+    study.reports["mri"] = "?"
+    write_manifest([study], tmp_path / "m.csv")
+    problems = validate_manifest(tmp_path / "m.csv", read_files=False)
+    assert any(p.column == "reports" and "'mri'" in p.message for p in problems)
 
 
 def test_paths_are_stored_relative_to_the_manifest(tmp_path):
@@ -69,6 +79,18 @@ def test_validate_lists_every_problem_without_stopping(tmp_path):
     assert any("row 1" in t and "no ecg, echo" in t for t in text)
     assert any("row 2" in t and "'study_id'" in t and "required" in t for t in text)
     assert any("row 3" in t and "expected JSON" in t for t in text)
+
+
+def test_validate_decodes_files_in_parallel_with_the_same_problems_in_row_order(tmp_path):
+    (tmp_path / "bad.hea").write_text("not a wfdb header\n")
+    (tmp_path / "bad.xml").write_text("<not-an-ecg/>")
+    rows = [f"s{i},p{i},train,{name},en,F,{{}}" for i, name in enumerate(["bad.hea", "gone.hea", "bad.xml"] * 3)]
+    (tmp_path / "m.csv").write_text("study_id,patient_id,split,ecg,report_lang,sex,labels\n" + "\n".join(rows) + "\n")
+    serial = validate_manifest(tmp_path / "m.csv", workers=1)
+    parallel = validate_manifest(tmp_path / "m.csv", workers=2)
+    assert [str(p) for p in parallel] == [str(p) for p in serial] and len(serial) == 9
+    assert [p.row for p in serial] == list(range(9))
+    assert "does not exist" in str(serial[1]) and "bad.xml" in str(serial[2])
 
 
 def test_validate_cli_exit_codes(tmp_path, capsys):

@@ -55,6 +55,8 @@ def test_layout_and_manifest_validate_clean(cohort, truth):
     assert [s.study_id for s in studies] == sorted(truth) and len(studies) == N_STUDIES
     for s in studies:
         assert s.modalities(), s.study_id
+        assert set(s.reports) == {str(m) for m in s.modalities()}  # one exam report per modality
+        assert all(part in s.report for part in s.reports.values())
     raw = (cohort / "manifest.csv").read_text(encoding="utf-8")
     assert str(cohort.resolve()) not in raw  # paths are relative
 
@@ -274,7 +276,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(cohort_module, "write_report", crash)
+    monkeypatch.setattr(cohort_module, "write_report_parts", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_cohort(tmp_path / "broken", 2, seed=1, progress=False, workers=1)
     assert list(tmp_path.iterdir()) == []

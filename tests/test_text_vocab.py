@@ -9,7 +9,7 @@ REPORTS = ["心房颤动，心室率110次/分。", "窦性心律，左心室射
 
 
 def test_unknown_characters_become_tokens_and_survive_save_load(tmp_path):
-    model = create_model("cardioclip-tiny").eval()
+    model = create_model("cardioclip-tiny", text="text-minilm").eval()
     unk = model.text.tokenizer.unk_token_id
     before = model.text.tokenize(REPORTS)["input_ids"]
     assert (before == unk).sum() > 5  # MiniLM's vocabulary lacks most of these characters

@@ -19,6 +19,8 @@ from mmcardio.datasets.transforms import (
     preprocess_ct,
     preprocess_ecg,
     preprocess_echo,
+    random_shift,
+    sample_cmr,
 )
 from mmcardio.errors import ConfigError, ReaderError
 from mmcardio.modality import ECHO_VIEWS
@@ -188,6 +190,38 @@ def test_ct_crop_pad_centered_and_reoriented():
     assert out.shape == (7, 5, 5)
     assert out[3, 2, 2] == 1.0 and out.sum() == pytest.approx(1.0 + 0.5)  # padded z by 1 each side
     assert out[5, 2, 2] == 0.5  # last after SPL (z toward the head), + 1 padded slice
+
+
+def test_ct_peak_filter_keeps_a_2mm_plaque_wherever_it_falls_on_the_3mm_grid():
+    threshold = (130 + 200) / 1000  # Agatston's 130 HU on the [-200, 800] window
+    cfg = {"spacing_mm": [3.0, 3.0, 3.0], "shape": [8, 16, 16], "window_hu": [-200.0, 800.0]}
+    plain, peaks = [], []
+    for offset in range(3):  # the plaque's position relative to the output voxel grid
+        array = np.full((24, 48, 48), 40.0, np.float32)  # blood, 1 mm voxels
+        z, yx = 10 + offset, 20 + 2 * offset
+        array[z:z + 2, yx:yx + 2, yx:yx + 2] = 600.0  # a 2 mm calcified plaque
+        volume = Volume(array, (1.0, 1.0, 1.0), ras_axial_affine((1, 1, 1)), units="HU")
+        plain.append(preprocess_ct(volume, CTPreprocess(**cfg, keep_peaks=False)).max().item())
+        peaks.append(preprocess_ct(volume, CTPreprocess(**cfg)).max().item())
+    assert min(plain) < threshold  # interpolation sees the plaque only where a grid point lands
+    assert min(peaks) == pytest.approx(0.8, abs=0.02)  # 600 HU, every time
+
+
+def test_training_shifts_fill_with_background_and_cmr_rolls_phases():
+    x = torch.arange(1.0, 26.0).reshape(1, 5, 5)
+    assert random_shift(x, [0, 2, 2], None) is x  # inference: untouched
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        y = random_shift(x, [0, 2, 2], rng)
+        kept = y[y > 1]
+        assert y.shape == x.shape and set(kept.tolist()) <= set(x.flatten().tolist())
+        assert (y == 1).sum() >= 1 or torch.equal(y, x)  # vacated border holds the minimum
+    cine = torch.arange(8.0)[:, None, None, None].expand(8, 2, 4, 4).clone()
+    cfg = CMRPreprocess(max_shift_px=0)
+    rolled = sample_cmr(cine, cfg, np.random.default_rng(1))
+    start = int(rolled[0, 0, 0, 0])
+    assert rolled[:, 0, 0, 0].tolist() == [(start + i) % 8 for i in range(8)]  # one cycle, any phase first
+    assert torch.equal(sample_cmr(cine, cfg, None), cine)
 
 
 def test_ct_refuses_non_hu():

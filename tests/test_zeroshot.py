@@ -11,6 +11,7 @@ from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
 from mmcardio.cli import main
+from mmcardio.datasets.cohort import prepare_cache
 from mmcardio.datasets.synthetic import generate_cohort
 from mmcardio.datasets.synthetic.findings import SHOWN_BY
 from mmcardio.eval.prompts import FINDINGS, VALUES
@@ -27,9 +28,16 @@ def world(tmp_path_factory):
     """A phantom cohort, a saved untrained tiny model and its embedding store."""
     root = tmp_path_factory.mktemp("zeroshot")
     generate_cohort(root / "cohort", N_STUDIES, seed=3, progress=False, workers=1)
-    torch.manual_seed(0)
-    create_model("cardioclip-tiny").save_pretrained(root / "model")
+    untrained_model(root / "cohort" / "manifest.csv", seed=0).save_pretrained(root / "model")
     return root
+
+
+def untrained_model(manifest, seed: int):
+    """The tiny CardioCLIP with random weights, its text vocabulary learned from the reports."""
+    torch.manual_seed(seed)
+    model = create_model("cardioclip-tiny")
+    model.text.fit_tokenizer([s.report for s in read_manifest(manifest)])
+    return model
 
 
 def _run(capsys, *argv: str) -> dict:
@@ -99,10 +107,24 @@ def test_grown_manifest_embeds_only_new_studies(world, store, tmp_path, capsys):
     assert again["new_studies"] == 0 and len(EmbeddingStore.load(out).vectors) == len(after.vectors)
 
 
-def test_store_refuses_another_model(world, tmp_path, capsys):
-    torch.manual_seed(1)
-    create_model("cardioclip-tiny").save_pretrained(tmp_path / "other")
+def test_embedding_from_the_prepared_cache_gives_the_same_vectors(world, store, tmp_path, capsys):
     manifest = world / "cohort" / "manifest.csv"
+    model = create_model(world / "model")
+    studies = read_manifest(manifest)
+    prepare_cache(studies[:9], tmp_path / "cache", model.config.preprocess, progress=False)  # 5 left to decode
+    _run(capsys, "embed", "--model", world / "model", "--manifest", manifest, "--out", tmp_path / "store",
+         "--cache", tmp_path / "cache")
+    cached = EmbeddingStore.load(tmp_path / "store")
+    for key in store.keys:
+        a, meta_a = store.select(key)
+        b, meta_b = cached.select(key)
+        order = meta_b.reset_index(drop=True).reset_index().set_index("study_id").loc[meta_a["study_id"], "index"]
+        np.testing.assert_allclose(b[order.to_numpy()], a, atol=1e-5, err_msg=key)
+
+
+def test_store_refuses_another_model(world, tmp_path, capsys):
+    manifest = world / "cohort" / "manifest.csv"
+    untrained_model(manifest, seed=1).save_pretrained(tmp_path / "other")
     code = main(["embed", "--model", str(tmp_path / "other"), "--manifest", str(manifest),
                  "--out", str(world / "store"), "--json"])
     error = json.loads(capsys.readouterr().out)["error"]
@@ -175,7 +197,21 @@ def test_zeroshot_writes_metrics_report_and_plots(world, store, capsys):
     assert study["n_queries"] == N_STUDIES and study["R@1"] <= study["R@5"] <= study["R@10"]
     lang = saved["language"]
     assert lang["n_pairs"] == N_STUDIES
-    assert lang["zh_en_gap"] == pytest.approx(lang["zh"]["P@10_consistent"] - lang["en"]["P@10_consistent"])
+    assert lang["mrr_gap"] == pytest.approx(lang["zh"]["MRR"] - lang["en"]["MRR"])
+
+    # one finding query recomputed by brute force: share of the top min(10, R) with the finding
+    query = next(q for q in saved["finding_queries"] if q["lang"] == "zh" and q["modality"] == "ecg")
+    vectors, meta = store.select("ecg")
+    labels = np.array([labels_of(m).get(query["finding"], -1) for _, m in meta.iterrows()])
+    vectors, has = vectors[labels >= 0], labels[labels >= 0] == 1
+    with torch.inference_mode():
+        phrasings = torch.nn.functional.normalize(
+            model.encode_text(list(FINDINGS[query["finding"]].positive["zh"])), dim=-1).numpy()
+    depth = min(10, int(has.sum()))
+    shares = [has[np.argsort(-(vectors @ q), kind="stable")[:depth]].mean() for q in phrasings]
+    assert query["n_relevant"] == has.sum() and query["precision_at_10"] == pytest.approx(np.mean(shares))
+    summary = saved["summary"]["retrieval"]
+    assert summary["zh_en_gap"] == pytest.approx(summary["precision_at_10_zh"] - summary["precision_at_10"])
 
     report = (out / "report.md").read_text()
     for heading in ("## Zero-shot classification", "## Regression", "## Retrieval", "## Subgroups"):

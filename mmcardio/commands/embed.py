@@ -23,13 +23,15 @@ def register(sub) -> None:
     p.add_argument("--manifest", required=True, help="study manifest (.csv, .parquet or .jsonl)")
     p.add_argument("--out", required=True, help="store folder to create or extend")
     p.add_argument("--batch-size", type=int, default=8, help="studies per forward pass (default 8)")
+    p.add_argument("--cache", help="a `mmcardio prepare` folder made with the model's preprocessing: "
+                                   "its studies are read from it instead of being decoded again")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     summary = embed_manifest(args.model, args.manifest, args.out, args.batch_size,
-                             progress=not args.json, accelerator=launched_accelerator())
+                             progress=not args.json, accelerator=launched_accelerator(), cache=args.cache)
     per_key = ", ".join(f"{k} {n}" for k, n in summary["per_key"].items())
     text = (f"{summary['store']}: {summary['new_studies']} new of {summary['studies']} studies embedded; "
             f"{summary['vectors']} vectors ({per_key}) in {summary['seconds']:.1f} s")

@@ -14,12 +14,14 @@ def register(sub) -> None:
     )
     p.add_argument("manifest", help="manifest file (.csv, .parquet or .jsonl)")
     p.add_argument("--no-read", action="store_true", help="check that files exist, but do not decode them")
+    p.add_argument("--workers", type=int, default=None, help="processes decoding files (default: one per CPU)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    problems = validate_manifest(args.manifest, read_files=not args.no_read, progress=not args.json)
+    problems = validate_manifest(args.manifest, read_files=not args.no_read, progress=not args.json,
+                                 workers=args.workers)
     result = {"manifest": args.manifest, "ok": not problems, "problems": [vars(p) for p in problems]}
     lines = [str(p) for p in problems] or [f"{args.manifest}: OK"]
     emit(result, args.json, "\n".join(lines))

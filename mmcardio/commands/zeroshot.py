@@ -19,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="studies per forward pass when embedding")
+    p.add_argument("--cache", help="a `mmcardio prepare` folder to read studies from when embedding")
     p.add_argument("--top-k", type=int, help="regression: mean of the k most similar values instead of "
                                              "the softmax-weighted mean")
 
@@ -33,7 +34,8 @@ def register(sub) -> None:
                     "a linear-probe baseline (train split), AUROC by sex and age band. LVEF: "
                     "similarity to value prompts (\"LVEF 35%%\") gives an estimate; MAE and Pearson "
                     "r. Retrieval: report text <-> study both directions (R@1/5/10, MRR, median "
-                    "rank, finding-consistent P@10) and the Chinese-vs-English query gap. Writes "
+                    "rank); finding queries (\"atrial fibrillation\") with P@10 of studies that have "
+                    "the finding, in English and Chinese, and the gap between them. Writes "
                     "metrics.json, report.md and PNG plots to --out.",
         epilog="example: mmcardio zeroshot --model runs/demo/final --manifest cohort/manifest.csv "
                "--out runs/demo/zeroshot",
@@ -48,7 +50,7 @@ def evaluate(args, accelerator=None) -> dict:
 
     return evaluate_zeroshot(args.model, args.manifest, args.out, split=args.split, store=args.store,
                              truth=args.truth, n_bootstrap=args.bootstrap, seed=args.seed,
-                             batch_size=args.batch_size, regression_top_k=args.top_k,
+                             batch_size=args.batch_size, regression_top_k=args.top_k, cache=args.cache,
                              progress=not getattr(args, "json", False), accelerator=accelerator)
 
 
@@ -65,7 +67,7 @@ def summary_text(results: dict) -> str:
              f"mean AUROC EN {fmt(z['mean_auroc']['en'])}, ZH {fmt(z['mean_auroc']['zh'])}; "
              f"ECE {fmt(z['ece'])}; largest subgroup gap {fmt(z['subgroup_auroc_gap'])}",
              f"text->study R@10 {fmt(r.get('recall_at_10'))}, MRR {fmt(r.get('mrr'))}, "
-             f"finding-consistent P@10 {fmt(r.get('precision_at_10'))}, zh-en gap {fmt(r['zh_en_gap'])}"]
+             f"finding-query P@10 {fmt(r['precision_at_10'])}, zh-en gap {fmt(r['zh_en_gap'])}"]
     lines += [f"LVEF MAE ({mod}): {fmt(v)} %" for mod, v in z["ef_mae_by_modality"].items()]
     lines.append(f"report: {results['out']}/report.md")
     return "\n".join(lines)

@@ -31,8 +31,11 @@ from mmcardio.datasets.transforms import (
     prepare_echo,
     preprocess_cmr,
     preprocess_ct,
+    random_shift,
+    sample_cmr,
     sample_ecg,
     sample_echo,
+    sample_sentences,
     view_id,
 )
 from mmcardio.errors import ConfigError, MMCardioError
@@ -79,7 +82,8 @@ def prepare_study(study: Study, cfg: PreprocessConfig, modalities: Iterable[str]
 
 def sample_study(prepared: dict[str, torch.Tensor], cfg: PreprocessConfig,
                  rng: np.random.Generator | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """Model inputs per modality from a prepared study: center windows, or random with `rng`."""
+    """Model inputs per modality from a prepared study: center windows, or with `rng` random
+    windows and the training augmentations (shifts, CMR phase roll)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     if "ecg.signal" in prepared:
         out["ecg"] = sample_ecg({"signal": prepared["ecg.signal"], "lead_mask": prepared["ecg.lead_mask"]},
@@ -89,9 +93,9 @@ def sample_study(prepared: dict[str, torch.Tensor], cfg: PreprocessConfig,
         clips = [prepared[f"echo.clip{i}"] for i in range(len(view_ids))]
         out["echo"] = sample_echo(clips, view_ids, cfg.echo, rng)
     if "cmr.cine" in prepared:
-        out["cmr"] = {"cine": prepared["cmr.cine"]}
+        out["cmr"] = {"cine": sample_cmr(prepared["cmr.cine"], cfg.cmr, rng)}
     if "ct.volume" in prepared:
-        out["ct"] = {"volume": prepared["ct.volume"]}
+        out["ct"] = {"volume": random_shift(prepared["ct.volume"], cfg.ct.max_shift_vox, rng)}
     return out
 
 
@@ -276,12 +280,14 @@ def _still_valid(entry: dict | None, study: Study, folder: Path, modalities: lis
 # --------------------------------------------------------------------------------- dataset
 
 class StudyDataset(Dataset):
-    """Studies as model inputs: items {study_id, text (the report), <modality>: {tensors}}.
+    """Studies as model inputs: items {study_id, text (the report), <modality>: {tensors,
+    "report": that modality's exam report (the whole report when the study has none)}}.
 
     studies: Study records (e.g. `read_manifest(...)`). cfg: the preprocess config (or dict).
     cache_dir: a folder from `prepare_cache` made with the same config (else files are decoded
         on every access). split: keep only studies of this split (or these splits).
     train: random windows (ECG crop, echo clip start) when the key carries a seed.
+    sample_sentences: in training with a seed, each report is a random subset of its sentences.
     modalities: load only these (e.g. ["ecg"] for the ECG MAE stage); studies with none of
         them are left out.
 
@@ -291,8 +297,10 @@ class StudyDataset(Dataset):
 
     def __init__(self, studies: Sequence[Study], cfg: PreprocessConfig | dict,
                  cache_dir: str | Path | None = None, split: str | Sequence[str] | None = None,
-                 train: bool = True, modalities: Sequence[str] | None = None):
+                 train: bool = True, modalities: Sequence[str] | None = None,
+                 sample_sentences: bool = False):
         self.cfg = as_preprocess(cfg)
+        self.sample_sentences = sample_sentences
         self.modalities = list(MODALITY_NAMES if modalities is None else map(str, modalities))
         splits = {split} if isinstance(split, str) else set(split) if split is not None else None
         self.studies = [s for s in studies if (splits is None or s.split in splits)
@@ -322,24 +330,36 @@ class StudyDataset(Dataset):
         else:
             prepared = prepare_study(study, self.cfg, self.modalities)
         rng = np.random.default_rng(seed) if self.train and seed is not None else None
-        return {"study_id": study.study_id, "text": study.report, **sample_study(prepared, self.cfg, rng)}
+        item = {"study_id": study.study_id, "text": study.report, **sample_study(prepared, self.cfg, rng)}
+        modalities = [m for m in MODALITY_NAMES if m in item]
+        texts = {m: study.reports.get(m) or study.report for m in modalities}
+        if rng is not None and self.sample_sentences:
+            text_rng = np.random.default_rng([seed, 1])  # apart from the windows' draws
+            shuffled = {t: sample_sentences(t, text_rng) for t in dict.fromkeys([study.report, *texts.values()])}
+            item["text"], texts = shuffled[study.report], {m: shuffled[t] for m, t in texts.items()}
+        for m in modalities:
+            item[m]["report"] = texts[m]
+        return item
 
 
 def collate_studies(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch items: study_id and text lists; per modality the present rows stacked with their
-    `rows` (index into the batch). A modality no item has is an absent key, never zeros.
+    `rows` (index into the batch) and `report` list. A modality no item has is an absent key.
     Echo studies with fewer clips than the batch's most are padded and masked in view_mask."""
     batch: dict[str, Any] = {"study_id": [it["study_id"] for it in items], "text": [it["text"] for it in items]}
     for modality in MODALITY_NAMES:
         rows = [i for i, it in enumerate(items) if modality in it]
         if not rows:
             continue
-        parts = [items[i][modality] for i in rows]
+        parts = [{k: v for k, v in items[i][modality].items() if k != "report"} for i in rows]
         if modality == "echo":
             batch[modality] = _collate_echo(parts)
         else:
             batch[modality] = {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
         batch[modality]["rows"] = torch.tensor(rows, dtype=torch.long)
+        reports = [items[i][modality].get("report") for i in rows]
+        if all(r is not None for r in reports):
+            batch[modality]["report"] = reports
     return batch
 
 

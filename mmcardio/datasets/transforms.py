@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -62,37 +63,50 @@ class ECGPreprocess:
 class EchoPreprocess:
     """Echo: gray, resampled in time to `fps`, resized to `size` (aspect kept, then padded),
     intensity to [0, 1] then per-clip z-score; a clip of `frames` frames (about one cycle);
-    at most `max_views` clips per study, preferring distinct views in `ECHO_VIEWS` order."""
+    at most `max_views` clips per study, preferring distinct views in `ECHO_VIEWS` order.
+    In training, each clip is also shifted by up to `max_shift_px` pixels (y and x)."""
 
     fps: float = 16.0
     frames: int | None = None
     size: list[int] | None = None
     max_views: int | None = None
     standardize: bool = True
+    max_shift_px: int = 4
 
 
 @dataclass
 class CMRPreprocess:
     """CMR cine (t, z, y, x): `phases` phases over the cycle and `slices` slices base to apex
     (nearest, evenly spaced), in-plane resampled to `spacing_mm` (y, x), intensity scaled
-    between the `percentiles` to [0, 1], then center crop/pad to `size` (y, x)."""
+    between the `percentiles` to [0, 1], then center crop/pad to `size` (y, x). In training,
+    the cine is shifted by up to `max_shift_px` pixels and, with `roll_phases`, starts at a
+    random phase (a cine is one periodic cycle, so any phase may come first)."""
 
     phases: int | None = None
     slices: int | None = None
     spacing_mm: list[float] = field(default_factory=lambda: [2.5, 2.5])
     size: list[int] | None = None
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+    max_shift_px: int = 4
+    roll_phases: bool = True
 
 
 @dataclass
 class CTPreprocess:
     """CT (z, y, x) in HU: reoriented to `axcodes` (None keeps the stored order), resampled to
-    `spacing_mm` (z, y, x), HU `window` mapped to [0, 1] (clipped), center crop/pad to `shape`."""
+    `spacing_mm` (z, y, x), HU `window` mapped to [0, 1] (clipped), center crop/pad to `shape`.
+
+    keep_peaks: before downsampling, take each voxel's maximum over the footprint of one output
+    voxel, so millimetre calcifications keep their density (Agatston scoring is by peak HU;
+    plain interpolation averages a 2 mm plaque with the blood around it and it vanishes).
+    In training, the volume is shifted by up to `max_shift_vox` voxels (z, y, x)."""
 
     spacing_mm: list[float] = field(default_factory=lambda: [4.0, 3.0, 3.0])
     shape: list[int] | None = None
     window_hu: list[float] = field(default_factory=lambda: [-200.0, 800.0])
     axcodes: str | None = "SPL"  # (z, y, x) = superior, posterior, left: the radiological view
+    keep_peaks: bool = True
+    max_shift_vox: list[int] = field(default_factory=lambda: [2, 6, 6])
 
 
 @dataclass
@@ -141,8 +155,10 @@ class PreprocessConfig:
 
 #: Keys that must match the model's towers (None until taken from the model config).
 MODEL_SIZES = ("fs", "samples", "frames", "size", "max_views", "phases", "slices", "shape")
-#: Window lengths cut by `sample_*` after the cacheable stage (a cache serves any of them).
-WINDOW_KEYS = {"ecg": ("samples",), "echo": ("frames",)}
+#: Window lengths and training augmentations, applied by `sample_*` after the cacheable stage
+#: (a cache serves any of them).
+WINDOW_KEYS = {"ecg": ("samples",), "echo": ("frames", "max_shift_px"),
+               "cmr": ("max_shift_px", "roll_phases"), "ct": ("max_shift_vox",)}
 
 
 def dict_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -302,7 +318,7 @@ def sample_echo(clips: list[torch.Tensor], view_ids: torch.Tensor, cfg: EchoPrep
     for clip in clips:
         start = window_start(len(clip), cfg.frames, rng)
         idx = np.minimum(np.arange(start, start + cfg.frames), len(clip) - 1)
-        out.append(clip[torch.from_numpy(idx)])
+        out.append(random_shift(clip[torch.from_numpy(idx)], [cfg.max_shift_px] * 2, rng))
     return {"frames": torch.stack(out), "view_ids": torch.as_tensor(view_ids, dtype=torch.long),
             "view_mask": torch.ones(len(out), dtype=torch.bool)}
 
@@ -329,6 +345,44 @@ def _meta(array: np.ndarray, volume: Volume) -> MetaTensor:
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """A plain contiguous float32 tensor (MONAI returns MetaTensors that carry metadata)."""
     return x.as_tensor().float().contiguous() if isinstance(x, MetaTensor) else x.float().contiguous()
+
+
+def _peak_filter(x: MetaTensor, spacing_mm: list[float]) -> MetaTensor:
+    """Running maximum over an odd window about one target voxel wide, per axis."""
+    ratio = np.asarray(spacing_mm, dtype=float) / np.asarray(x.pixdim[:3], dtype=float)
+    kernel = [int(k) | 1 for k in np.maximum(np.round(ratio), 1)]  # odd, so it stays centred
+    if kernel == [1, 1, 1]:
+        return x
+    peaks = torch.nn.functional.max_pool3d(x.as_tensor()[None], kernel, stride=1,
+                                           padding=[k // 2 for k in kernel])[0]
+    return MetaTensor(peaks, affine=x.affine)
+
+
+def random_shift(x: torch.Tensor, max_shift: list[int], rng: np.random.Generator | None) -> torch.Tensor:
+    """Training augmentation: `x` translated along its last len(max_shift) axes by a random
+    whole number of voxels in [-s, s] each, the vacated border filled with x's minimum (the
+    background). Without `rng` (inference), `x` itself."""
+    if rng is None or not any(max_shift):
+        return x
+    out = x
+    for axis, limit in zip(range(-len(max_shift), 0), max_shift):
+        k = int(rng.integers(-limit, limit + 1)) if limit else 0
+        if k:
+            out = torch.roll(out, k, dims=axis)
+            band = [slice(None)] * out.ndim
+            band[axis] = slice(0, k) if k > 0 else slice(k, None)
+            out[tuple(band)] = x.min()
+    return out
+
+
+def sample_cmr(cine: torch.Tensor, cfg: CMRPreprocess, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """The cine [T, Z, H, W] as the model takes it: itself at inference; in training shifted
+    in-plane and (with `roll_phases`) started at a random phase."""
+    if rng is None:
+        return cine
+    if cfg.roll_phases:
+        cine = torch.roll(cine, int(rng.integers(cine.shape[0])), dims=0)
+    return random_shift(cine, [cfg.max_shift_px] * 2, rng)
 
 
 def evenly_spaced(n: int, k: int) -> np.ndarray:
@@ -370,8 +424,36 @@ def preprocess_ct(volume: Volume, cfg: CTPreprocess) -> torch.Tensor:
     x = _meta(volume.array[None], volume)
     if cfg.axcodes:
         x = Orientation(axcodes=cfg.axcodes, labels=RAS_LABELS)(x)
+    if cfg.keep_peaks:
+        x = _peak_filter(x, cfg.spacing_mm)
     x = Spacing(pixdim=tuple(cfg.spacing_mm), scale_extent=True, dtype=np.float32)(x)
     low, high = cfg.window_hu
     x = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(x)
     x = ResizeWithPadOrCrop(tuple(cfg.shape))(x)
     return _plain(x)
+
+
+# ------------------------------------------------------------------------------- report text
+
+#: A sentence ends at . ! ? ; followed by a space (so "5.1 mV" stays whole), at their
+#: full-width forms, and at line ends.
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])|\n+")
+
+
+def report_sentences(text: str) -> list[str]:
+    """The sentences of a report, in order, stripped; empty pieces dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def sample_sentences(text: str, rng: np.random.Generator, keep: float = 0.5) -> str:
+    """A random subset of the report's sentences (each kept with probability `keep`, at least
+    one), in their order. Training augmentation: short queries and prompts name one or two
+    findings, so the text tower must place a single sentence near the studies it describes,
+    not only the whole report."""
+    sentences = report_sentences(text)
+    if len(sentences) <= 1:
+        return text
+    chosen = rng.random(len(sentences)) < keep
+    if not chosen.any():
+        chosen[rng.integers(len(sentences))] = True
+    return " ".join(s for s, c in zip(sentences, chosen) if c)

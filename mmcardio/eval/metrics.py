@@ -194,6 +194,19 @@ def finding_consistent_precision(similarity: np.ndarray, query_labels: Sequence[
     return float(np.mean(shares)) if shares else float("nan")
 
 
+def precision_at_k(similarity: np.ndarray, relevant: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per query, the share of relevant candidates among the first min(k, R) retrieved, R
+    being the query's number of relevant candidates (so a perfect ranking scores 1 even when
+    R < k: R-precision capped at k); nan for a query with no relevant candidate."""
+    similarity, relevant = np.asarray(similarity), np.asarray(relevant, dtype=bool)
+    order = ranking(similarity)
+    hits = np.take_along_axis(relevant, order, axis=1)
+    n_relevant = relevant.sum(axis=1)
+    depth = np.minimum(k, n_relevant)
+    found = np.array([hits[q, :d].sum() for q, d in enumerate(depth)], dtype=float)
+    return np.where(depth > 0, found / np.maximum(depth, 1), np.nan)
+
+
 def retrieval_metrics(similarity: np.ndarray, targets: np.ndarray | None = None,
                       query_labels: Sequence[Mapping[str, int]] | None = None,
                       candidate_labels: Sequence[Mapping[str, int]] | None = None,

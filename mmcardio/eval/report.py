@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from mmcardio.eval.metrics import AGE_BANDS
+from mmcardio.eval.prompts import headline_findings
 from mmcardio.io import write_text
 
 P_AT_10_DEFINITION = (
-    "*P@10 consistent*: for each query, the share of the top-10 retrieved studies (the exact "
-    "match included) that have the same value as the query study on every finding the query "
-    "study's labels state and the searched modality can show; a finding the retrieved study "
-    "does not state counts as a mismatch; queries stating no such finding are left out.")
+    "*P@10 consistent*: for each report query, the share of the top-10 retrieved studies (the "
+    "exact match included) that have the same value as the query study on every finding the "
+    "query study's labels state and the searched modality can show; a finding the retrieved "
+    "study does not state counts as a mismatch; queries stating no such finding are left out.")
+FINDING_QUERY_DEFINITION = (
+    "Each positive phrasing of a finding (the prompt registry's, EN and ZH twins) ranks the "
+    "split's studies by one embedding; P@10 is the share of the first min(10, R) retrieved "
+    "that have the finding, R being the number of studies with it, averaged over phrasings.")
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -35,7 +40,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _summary(m: dict) -> list[str]:
     z, r = m["summary"]["zeroshot"], m["summary"]["retrieval"]
-    rows = [[f"zero-shot macro AUROC, {key} (EN prompts)", _num(v)] for key, v in z["macro_auroc"].items()]
+    rows = [[f"zero-shot macro AUROC, {key}: {', '.join(headline_findings(key))} (EN prompts)", _num(v)]
+            for key, v in z["macro_auroc"].items()]
+    rows += [[f"zero-shot macro AUROC, {key}, every finding it shows", _num(v)]
+             for key, v in z["macro_auroc_all"].items()]
     rows += [["mean zero-shot AUROC (EN prompts)", _num(z["mean_auroc"]["en"])],
              ["mean zero-shot AUROC (ZH prompts)", _num(z["mean_auroc"]["zh"])],
              ["ZH - EN mean AUROC", _num(z["zh_en_auroc_gap"])],
@@ -44,8 +52,10 @@ def _summary(m: dict) -> list[str]:
     rows += [[f"LVEF MAE, {mod} (EN)", _num(v, 1)] for mod, v in z["ef_mae_by_modality"].items()]
     rows += [["report -> study R@1 / R@10", f"{_num(r.get('recall_at_1'))} / {_num(r.get('recall_at_10'))}"],
              ["report -> study MRR", _num(r.get("mrr"))],
-             ["finding-consistent P@10", _num(r.get("precision_at_10"))],
-             ["ZH - EN finding-consistent P@10 (zh_en_gap)", _num(r["zh_en_gap"])]]
+             ["finding queries P@10, by the modality showing the finding (EN)", _num(r["precision_at_10"])],
+             ["finding queries P@10 (ZH)", _num(r["precision_at_10_zh"])],
+             ["ZH - EN finding-query P@10 (zh_en_gap)", _num(r["zh_en_gap"])],
+             ["finding queries P@10, fused study embedding (EN)", _num(r["precision_at_10_study"])]]
     return ["## Summary", "", *_table(["metric", "value"], rows)]
 
 
@@ -102,13 +112,21 @@ def _retrieval(m: dict) -> list[str]:
         rows), P_AT_10_DEFINITION, ""]
     if "ranks" in m.get("plots", {}):
         lines += [f"![retrieval ranks]({m['plots']['ranks']})", ""]
+    by_query = {(q["lang"], q["finding"], q["modality"]): q for q in m["finding_queries"]}
+    rows = [[finding, key, f"{q['n_candidates']} ({q['n_relevant']})", _num(q["precision_at_10"]),
+             _num(by_query.get(("zh", finding, key), {}).get("precision_at_10", math.nan))]
+            for (lang, finding, key), q in by_query.items() if lang == "en"]
+    lines += ["### Finding queries", "", FINDING_QUERY_DEFINITION, "",
+              *_table(["finding", "searched", "studies (with it)", "P@10 EN", "P@10 ZH"], rows)]
     lang = m["language"]
-    lines += ["### Chinese vs English report queries", "", f"Study pairs with both reports: {lang['n_pairs']}.", ""]
+    lines += ["### Chinese vs English report queries", "",
+              f"Each study's own report in both languages as the query (exact match), over "
+              f"{lang['n_pairs']} studies.", ""]
     if "en" in lang:
-        lines += _table(["queries", "R@1", "R@10", "MRR", "P@10 consistent"],
-                        [[code, _num(lang[code]["R@1"]), _num(lang[code]["R@10"]), _num(lang[code]["MRR"]),
-                          _num(lang[code]["P@10_consistent"])] for code in ("en", "zh")])
-        lines += [f"zh_en_gap (P@10 ZH - EN): {_num(lang['zh_en_gap'])}", ""]
+        lines += _table(["queries", "R@1", "R@10", "MRR"],
+                        [[code, _num(lang[code]["R@1"]), _num(lang[code]["R@10"]), _num(lang[code]["MRR"])]
+                         for code in ("en", "zh")])
+        lines += [f"MRR ZH - EN: {_num(lang['mrr_gap'])}", ""]
     return lines
 
 

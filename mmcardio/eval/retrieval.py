@@ -1,5 +1,5 @@
-"""Retrieval evaluation: report text <-> study embeddings, both directions, per modality, and
-the Chinese-vs-English query gap.
+"""Retrieval evaluation: report text <-> study embeddings, both directions, per modality;
+finding queries (precision@10 of studies with the finding); the Chinese-vs-English gaps.
 
 Queries and candidates are the evaluation split's studies that have both a report and the
 modality; the exact match is the study's own report (or embedding). Exact search by matrix
@@ -18,7 +18,7 @@ import pandas as pd
 
 from mmcardio.errors import MMCardioError
 from mmcardio.eval import metrics as M
-from mmcardio.eval.prompts import findings_for
+from mmcardio.eval.prompts import FINDINGS, findings_for
 from mmcardio.retrieval.store import EmbeddingStore, labels_of
 
 
@@ -86,18 +86,43 @@ def report_pairs(meta: pd.DataFrame, truth: dict[str, dict]) -> tuple[list[int],
 def language_gap(store: EmbeddingStore, split: str, encode_text: Callable[[list[str]], np.ndarray],
                  truth: dict[str, dict]) -> dict[str, Any]:
     """Text->study retrieval against fused study embeddings with each study's English, then
-    Chinese, report as the query; zh_en_gap = P@10 consistent (zh) - (en)."""
+    Chinese, report as the query (exact-study match); mrr_gap = MRR (zh) - MRR (en)."""
     vectors, meta = store.select("study", split=split)
     keep, en, zh = report_pairs(meta, truth)
     if len(keep) < 2:
-        return {"n_pairs": len(keep), "zh_en_gap": float("nan")}
-    labels = [labels_of(meta.iloc[i]) for i in keep]
+        return {"n_pairs": len(keep), "mrr_gap": float("nan")}
     out: dict[str, Any] = {"n_pairs": len(keep)}
     for lang, texts in (("en", en), ("zh", zh)):
         queries = encode_text(texts)
         queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-12)
-        result = M.retrieval_metrics(queries @ vectors[keep].T, None, labels, labels)
+        result = M.retrieval_metrics(queries @ vectors[keep].T)
         result.pop("ranks")
         out[lang] = result
-    out["zh_en_gap"] = out["zh"]["P@10_consistent"] - out["en"]["P@10_consistent"]
+    out["mrr_gap"] = out["zh"]["MRR"] - out["en"]["MRR"]
     return out
+
+
+def finding_queries(store: EmbeddingStore, split: str, encode_text: Callable[[list[str]], np.ndarray],
+                    lang: str, k: int = 10) -> list[dict[str, Any]]:
+    """Report-to-study search by finding, as a clinician queries ("atrial fibrillation"):
+    each positive phrasing of each finding in `lang` ranks the `split` studies by the
+    embedding of every modality that can show it, and of the fused study. Precision@k is the
+    share of retrieved studies that have the finding (`metrics.precision_at_k`), averaged
+    over the phrasings; the phrasings of both languages are twins, so the languages compare
+    query for query."""
+    rows = []
+    for prompts in FINDINGS.values():
+        queries = np.asarray(encode_text(list(prompts.positive[lang])), dtype=float)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-12)
+        for key in [m for m in (*prompts.modalities, "study") if m in store.keys]:
+            vectors, meta = store.select(key, split=split)
+            labels = np.array([labels_of(r).get(prompts.name, -1) for _, r in meta.iterrows()])
+            keep = labels >= 0
+            if not (labels[keep] == 1).any():
+                continue
+            sim = queries @ vectors[keep].T
+            relevant = np.broadcast_to(labels[keep] == 1, sim.shape)
+            rows.append({"lang": lang, "finding": prompts.name, "modality": key,
+                         "n_candidates": int(keep.sum()), "n_relevant": int(relevant[0].sum()),
+                         f"precision_at_{k}": float(np.mean(M.precision_at_k(sim, relevant, k)))})
+    return rows

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from mmcardio.errors import MMCardioError
 from mmcardio.eval import metrics as M
-from mmcardio.eval.prompts import FINDINGS, LANGUAGES, VALUES
-from mmcardio.eval.retrieval import language_gap, read_truth, retrieval_by_modality
+from mmcardio.eval.prompts import FINDINGS, LANGUAGES, VALUES, headline_findings
+from mmcardio.eval.retrieval import finding_queries, language_gap, read_truth, retrieval_by_modality
 from mmcardio.io import write_json
 from mmcardio.retrieval.store import (
     EmbeddingStore,
@@ -212,30 +212,43 @@ def regress(ctx: EvalContext, lang: str, top_k: int | None = None) -> tuple[list
 
 
 def summarise(results: dict) -> dict:
-    """Headline numbers: per-modality macro AUROC (English prompts), LVEF MAE from echo, ECE,
-    the largest subgroup AUROC gap, retrieval of studies from reports, and language gaps."""
+    """Headline numbers (English prompts unless named): per-modality macro AUROC over the
+    findings each modality is read for (`prompts.HEADLINE`; `macro_auroc_all` over every
+    finding it shows), LVEF MAE from echo, ECE, the largest subgroup AUROC gap; finding-query
+    precision@10 by the modality that shows the finding and its Chinese-English gap; exact
+    report-to-study retrieval."""
     english = [r for r in results["classification"] if r["lang"] == "en"]
     mean_auroc = {lang: _nanmean([r["auroc"]["value"] for r in results["classification"]
                                   if r["lang"] == lang]) for lang in LANGUAGES}
-    macro = {key: _nanmean([r["auroc"]["value"] for r in english if r["modality"] == key])
-             for key in dict.fromkeys(r["modality"] for r in english)}
+    keys = list(dict.fromkeys(r["modality"] for r in english))
+    macro = {key: _nanmean([r["auroc"]["value"] for r in english if r["modality"] == key
+                            and r["finding"] in headline_findings(key)]) for key in keys}
+    macro_all = {key: _nanmean([r["auroc"]["value"] for r in english if r["modality"] == key])
+                 for key in keys}
     lvef = {r["modality"]: r["mae"] for r in results["regression"]
             if r["lang"] == "en" and r["measurement"] == "lvef"}
+    precision = {lang: _nanmean([r["precision_at_10"] for r in results["finding_queries"]
+                                 if r["lang"] == lang and r["modality"] != "study"])
+                 for lang in LANGUAGES}
     summary = {
-        "zeroshot": {"macro_auroc": macro, "ef_mae": lvef.get("echo", float("nan")),
-                     "ef_mae_by_modality": lvef,
+        "zeroshot": {"macro_auroc": macro, "macro_auroc_all": macro_all,
+                     "ef_mae": lvef.get("echo", float("nan")), "ef_mae_by_modality": lvef,
                      "ece": _nanmean([r["ece"] for r in english]),
                      "subgroup_auroc_gap": _nanmax([r["largest_gap"] for r in results["subgroups"]]),
                      "mean_auroc": mean_auroc,
                      "zh_en_auroc_gap": mean_auroc["zh"] - mean_auroc["en"]},
-        "retrieval": {"zh_en_gap": results["language"].get("zh_en_gap", float("nan"))},
+        "retrieval": {"precision_at_10": precision["en"],
+                      "precision_at_10_zh": precision["zh"],
+                      "zh_en_gap": precision["zh"] - precision["en"],
+                      "precision_at_10_study": _nanmean(
+                          [r["precision_at_10"] for r in results["finding_queries"]
+                           if r["lang"] == "en" and r["modality"] == "study"])},
     }
     text_to_study = results["retrieval"].get("study", {}).get("text_to_study")
     if text_to_study:
         summary["retrieval"].update({
             "recall_at_1": text_to_study["R@1"], "recall_at_10": text_to_study["R@10"],
-            "mrr": text_to_study["MRR"], "median_rank": text_to_study["median_rank"],
-            "precision_at_10": text_to_study.get("P@10_consistent", float("nan"))})
+            "mrr": text_to_study["MRR"], "median_rank": text_to_study["median_rank"]})
     return summary
 
 
@@ -269,7 +282,8 @@ def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str |
                       split: str = "test", store: str | Path | None = None,
                       truth: str | Path | None = None, n_bootstrap: int = 1000, seed: int = 0,
                       batch_size: int = 8, regression_top_k: int | None = None,
-                      progress: bool = True, accelerator: Accelerator | None = None) -> dict:
+                      progress: bool = True, accelerator: Accelerator | None = None,
+                      cache: str | Path | None = None) -> dict:
     """Evaluate `model_folder` zero-shot on `manifest`'s `split`; write metrics.json, report.md
     and plots to `out`. Embeddings come from `store` (default OUT/store), which is filled with
     any studies of the manifest it does not hold yet."""
@@ -279,7 +293,7 @@ def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str |
     start = time.perf_counter()
     out, manifest = Path(out), Path(manifest)
     store_folder = Path(store) if store else out / "store"
-    embed_manifest(model_folder, manifest, store_folder, batch_size, progress, accelerator)
+    embed_manifest(model_folder, manifest, store_folder, batch_size, progress, accelerator, cache)
     if accelerator is not None and not accelerator.is_main_process:
         return {}
     study_ids = [s.study_id for s in read_manifest(manifest)]
@@ -334,6 +348,8 @@ def run_evaluation(ctx: EvalContext, truth: dict[str, dict],
                "linear_probe": linear_probe(ctx),
                "subgroups": subgroups([c for c in curves if c.lang == "en"]),
                "regression": regression, "retrieval": retrieval_results,
+               "finding_queries": [row for lang in LANGUAGES for row in
+                                   finding_queries(ctx.store, ctx.split, ctx.encode_text, lang)],
                "language": language_gap(ctx.store, ctx.split, ctx.encode_text, truth)}
     metrics["summary"] = summarise(metrics)
     return Evaluation(metrics, curves, points, ranks)

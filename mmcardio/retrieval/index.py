@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from mmcardio.datasets.transforms import report_sentences
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
 from mmcardio.retrieval.store import (
@@ -92,13 +92,12 @@ class Hit:
         return asdict(self)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 
 
 def first_sentence(report: str) -> str:
     """The first sentence of an English or Chinese report."""
-    text = (report or "").strip()
-    return _SENTENCE_END.split(text, maxsplit=1)[0].strip() if text else ""
+    sentences = report_sentences(report or "")
+    return sentences[0] if sentences else ""
 
 
 class Index:

@@ -143,7 +143,8 @@ def _meta_row(study: Study, key: str) -> dict[str, Any]:
     views = ";".join(c.view for c in study.echo) if key == "echo" else ""
     return {
         "study_id": study.study_id, "patient_id": study.patient_id, "modality": key,
-        "view": views, "split": study.split, "report": study.report,
+        "view": views, "split": study.split,
+        "report": study.report if key in ("study", "text") else study.report_for(key),  # its own exam's
         "report_lang": study.report_lang, "age": study.age, "sex": study.sex,
         "labels": json.dumps(study.labels),
         "measurements": json.dumps({k: m.value for k, m in study.measurements.items()}),
@@ -163,16 +164,24 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def embed_studies(model, studies: Sequence[Study], batch_size: int = 8, progress: bool = True,
-                  num_workers: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+                  num_workers: int = 0, cache: str | Path | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Embed every modality, the fused study embedding and the report of each study, with the
-    preprocessing stored in the model's config and centred windows."""
+    preprocessing stored in the model's config and centred windows. Studies held by `cache`
+    (a `mmcardio prepare` folder, refused if made with other preprocessing) are read from it,
+    the others decoded from their files."""
+    from torch.utils.data import ConcatDataset
     from tqdm import tqdm
 
-    from mmcardio.datasets.cohort import StudyDataset, make_loader
+    from mmcardio.datasets.cohort import StudyCache, StudyDataset, as_preprocess, make_loader
 
     by_id = {s.study_id: s for s in studies}
-    dataset = StudyDataset(list(studies), model.config.preprocess, train=False,
-                           modalities=model.modalities)
+    cfg = as_preprocess(model.config.preprocess)
+    to_decode = (set(StudyCache(cache, cfg, model.modalities).missing(studies, model.modalities)) if cache
+                 else {s.study_id for s in studies})
+    parts = [StudyDataset([s for s in studies if (s.study_id in to_decode) == decode], cfg, train=False,
+                          modalities=model.modalities, cache_dir=None if decode else cache)
+             for decode in (False, True)]
+    dataset = ConcatDataset([p for p in parts if len(p)])
     loader = make_loader(dataset, batch_size, num_workers=num_workers, drop_last=False)
     vectors: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
@@ -194,17 +203,18 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _batch_embeddings(model, batch: dict) -> list[tuple[str, list[str], np.ndarray]]:
-    """(key, study_ids, vectors) for each modality, the fused study and the report text."""
-    out = model(batch)
+    """(key, study_ids, vectors) for each modality, the fused study and the whole report."""
     ids = list(batch["study_id"])
-    features, rows = dict(out["features"]), dict(out["rows"])
-    if "study" not in features and features:  # mean fusion is not part of forward()
+    features = {m: model.encode(m, batch[m]) for m in model.modalities if m in batch}
+    rows = {m: batch[m]["rows"].to(model.device) for m in features}
+    if features:
         features["study"], rows["study"] = model.fuse(features, rows, len(ids))
     result = [(str(key), [ids[r] for r in rows[key].tolist()], _normalise(feats))
               for key, feats in features.items()]
     with_text = [i for i, t in enumerate(batch["text"]) if t]
     if with_text:
-        result.append(("text", [ids[i] for i in with_text], _normalise(out["text"][with_text])))
+        text = model.encode_text([batch["text"][i] for i in with_text])
+        result.append(("text", [ids[i] for i in with_text], _normalise(text)))
     return result
 
 
@@ -220,8 +230,9 @@ def launched_accelerator() -> Accelerator | None:
 
 def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: str | Path,
                    batch_size: int = 8, progress: bool = True,
-                   accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Embed every study of `manifest` that `out_store` does not hold yet and save the store.
+                   accelerator: Accelerator | None = None, cache: str | Path | None = None) -> dict[str, Any]:
+    """Embed every study of `manifest` that `out_store` does not hold yet and save the store
+    (reading prepared studies from `cache` when given, see `embed_studies`).
 
     Under `accelerate launch` each rank embeds its shard of the new studies and the main
     process merges and writes; every rank returns the same summary.
@@ -239,7 +250,7 @@ def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: st
     new = [s for s in studies if s.study_id not in done]
     added = 0
     if new:
-        vectors, meta = _embed_distributed(model_folder, new, batch_size, progress, accelerator)
+        vectors, meta = _embed_distributed(model_folder, new, batch_size, progress, accelerator, cache)
         added = int(meta["study_id"].nunique())
         if added < len(new):
             log.warning("%d of %d new studies have no modality this model encodes; not stored",
@@ -262,16 +273,17 @@ def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: st
 
 
 def _embed_distributed(model_folder: str | Path, studies: list[Study], batch_size: int,
-                       progress: bool, accelerator: Accelerator | None) -> tuple[np.ndarray, pd.DataFrame]:
+                       progress: bool, accelerator: Accelerator | None,
+                       cache: str | Path | None) -> tuple[np.ndarray, pd.DataFrame]:
     """Embed `studies`; with several processes each embeds a shard and all shards are gathered."""
     if accelerator is None:
-        return embed_studies(load_model(model_folder), studies, batch_size, progress)
+        return embed_studies(load_model(model_folder), studies, batch_size, progress, cache=cache)
     from accelerate.utils import gather_object
 
     model = load_model(model_folder, accelerator.device)
     with accelerator.split_between_processes(studies) as shard:
         vectors, meta = embed_studies(model, shard, batch_size,
-                                      progress and accelerator.is_local_main_process)
+                                      progress and accelerator.is_local_main_process, cache=cache)
     shards = gather_object([(vectors, meta)])  # one (vectors, meta) per rank, in rank order
     shards = [(v, m) for v, m in shards if len(m)] or shards[:1]
     return np.concatenate([v for v, _ in shards]), pd.concat([m for _, m in shards], ignore_index=True)

@@ -46,7 +46,7 @@ from mmcardio.datasets.cohort import (
 )
 from mmcardio.datasets.transforms import PreprocessConfig, dict_differences
 from mmcardio.errors import ConfigError, MMCardioError
-from mmcardio.io import write_json, write_text
+from mmcardio.io import atomic_path, write_json, write_text
 from mmcardio.study import Study, read_manifest
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,11 @@ class PretrainConfig:
     batch_size: per process. max_steps: optimizer steps (default: epochs x steps per epoch).
     stop_at_step: end early at this step, schedule unchanged (pre-emptible jobs; resume later).
     balance_modalities: oversampling exponent of rare modalities (0 = uniform).
-    extend_vocabulary: in the align stage, add the training reports' words that the text
-        tokenizer reads only as [UNK] (e.g. Chinese with an English vocabulary) as new tokens.
+    extend_vocabulary: in the align stage, add the training reports' words that a pretrained
+        text tokenizer reads only as [UNK] (e.g. Chinese with an English vocabulary) as new
+        tokens. (A `scratch` text tower always learns its whole vocabulary from those reports.)
+    sample_sentences: align each study with a random subset of its report's sentences, drawn
+        anew every epoch (see `transforms.sample_sentences`).
     stage_overrides: {stage: {key: value}} merged in for the chosen stage, so one file holds
         both stages (e.g. more steps and a higher lr for "mae").
     """
@@ -116,6 +119,7 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     stage_overrides: dict = field(default_factory=dict)
     extend_vocabulary: bool = True
+    sample_sentences: bool = True
 
     def __post_init__(self) -> None:
         checks = [("stage", self.stage in STAGES, f"expected one of {STAGES}"),
@@ -541,7 +545,9 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
         _check_resume_config(out, cfg)
     set_seed(cfg.seed)
     model = build_model(cfg)
-    if cfg.stage == "align" and cfg.extend_vocabulary:
+    if model.text.needs_tokenizer:
+        _fit_text_tokenizer(accelerator, model, cfg, manifest, out)
+    elif cfg.stage == "align" and cfg.extend_vocabulary:
         _extend_text_vocabulary(model, cfg, manifest)
     trainable_for_stage(model, cfg.stage)
     if cfg.grad_checkpointing:
@@ -570,11 +576,37 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
     return json.loads((out / "run.json").read_text(encoding="utf-8"))
 
 
+def _training_reports(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
+    """Whole and exam reports of the training studies."""
+    studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
+    return [t for s in studies for t in (s.report, *s.reports.values()) if t]
+
+
+def _fit_text_tokenizer(accelerator, model: nn.Module, cfg: PretrainConfig, manifest: str | Path,
+                        out: Path) -> None:
+    """A scratch text tower's vocabulary: the tokenizer of `init_from` when it has one (its
+    weights were trained with it), else learned from the training reports on the main process
+    and saved to OUT/tokenizer, which every rank (and a resumed run) then loads."""
+    from mmcardio.model import TOKENIZER_DIR
+
+    inherited = Path(cfg.init_from) / TOKENIZER_DIR if cfg.init_from else None
+    if inherited is not None and (inherited / "tokenizer.json").is_file():
+        model.text.load_tokenizer(inherited)
+        return
+    source = out / TOKENIZER_DIR
+    if accelerator.is_main_process and not (source / "tokenizer.json").is_file():
+        size = model.text.fit_tokenizer(_training_reports(cfg, manifest))
+        with atomic_path(source) as tmp:
+            model.text.save_tokenizer(tmp)
+        log.info("text vocabulary: %d WordPiece tokens learned from the training reports", size)
+    accelerator.wait_for_everyone()  # on every rank, whoever wrote the folder
+    model.text.load_tokenizer(source)
+
+
 def _extend_text_vocabulary(model: nn.Module, cfg: PretrainConfig, manifest: str | Path) -> None:
     """Give the text tower tokens for the training reports' words it reads only as [UNK]
     (deterministic, so every rank and a resumed run build the same vocabulary)."""
-    reports = [s.report for s in read_manifest(manifest) if s.split in cfg.train_splits and s.report]
-    added = model.text.extend_vocabulary(reports)
+    added = model.text.extend_vocabulary(_training_reports(cfg, manifest))
     if added:
         log.info("text vocabulary: %d new tokens from the training reports (e.g. %s)",
                  len(added), " ".join(added[:10]))
@@ -612,7 +644,8 @@ def _prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: 
         log.warning("%d studies failed to decode and are left out (see %s): %s", len(failed),
                     out / "prepare.json", sorted(failed)[:10])
     train_studies = [s for s in _studies_for_run(cfg, studies, modalities) if s.study_id not in failed]
-    dataset = StudyDataset(train_studies, preprocess, cache_dir=cache_dir, train=True, modalities=modalities)
+    dataset = StudyDataset(train_studies, preprocess, cache_dir=cache_dir, train=True, modalities=modalities,
+                           sample_sentences=cfg.sample_sentences)
     sampler = ModalityBalancedSampler(dataset.study_modalities(), accelerator.num_processes,
                                       accelerator.process_index, cfg.seed, cfg.balance_modalities,
                                       cfg.samples_per_epoch)

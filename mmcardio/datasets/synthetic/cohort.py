@@ -3,7 +3,8 @@
 Layout of `out/`:
   manifest.csv   one row per study (mmcardio.study format, paths relative to out/)
   truth.jsonl    per study: findings, latent conditions, per-modality truth with units, ECG
-                 truth, both reports (report_en, report_zh) and which file holds what
+                 truth, both reports (report_en, report_zh) and their exam sections by
+                 modality (reports_en, reports_zh), and which file holds what
   ecg/ echo/ cmr/ ct/ masks/
 
 Formats are mixed as in hospitals: ECGs mostly WFDB, some DICOM, GE MUSE XML and HL7 aECG;
@@ -41,7 +42,7 @@ from mmcardio.datasets.synthetic.findings import (
     sample_cohort,
 )
 from mmcardio.datasets.synthetic.heart import make_cmr, make_ct, make_echo
-from mmcardio.datasets.synthetic.reports import write_report
+from mmcardio.datasets.synthetic.reports import write_report_parts
 from mmcardio.datasets.writers.dicom import write_dicom_series, write_dicom_video
 from mmcardio.datasets.writers.ecg import write_ecg
 from mmcardio.datasets.writers.nifti import write_nifti
@@ -136,7 +137,7 @@ class _StudyWriter:
             measured["ct"] = {**measured["ct"], **self.write_volume(sid, "ct")}
         t.measurements = measured
         t.update_findings()
-        reports = {lang: write_report(t, lang, self.rng) for lang in ("en", "zh")}
+        reports = {lang: write_report_parts(t, lang, self.rng) for lang in ("en", "zh")}
         return _truth_record(t, reports, self.files, self.masks)
 
     def write_ecg(self, sid: str) -> dict[str, Measurement]:
@@ -213,7 +214,7 @@ def _plain(obj: Any) -> Any:
 
 
 def _truth_record(
-    t: PatientTruth, reports: dict[str, str], files: dict, masks: dict
+    t: PatientTruth, reports: dict[str, tuple[str, dict[str, str]]], files: dict, masks: dict
 ) -> dict[str, Any]:
     return {
         "study_id": t.study_id,
@@ -231,9 +232,12 @@ def _truth_record(
         "ecg": {"rhythm": t.ecg.rhythm, "params": _plain(t.ecg)} if "ecg" in t.modalities else None,
         "heart_params": _plain(t.heart),
         "report_lang": t.report_lang,
-        "report": reports[t.report_lang],
-        "report_en": reports["en"],
-        "report_zh": reports["zh"],
+        "report": reports[t.report_lang][0],
+        "reports": reports[t.report_lang][1],
+        "report_en": reports["en"][0],
+        "report_zh": reports["zh"][0],
+        "reports_en": reports["en"][1],
+        "reports_zh": reports["zh"][1],
         "files": files,
         "masks": masks,
         "mask_labels": dict(MASK_LABELS) if masks else {},
@@ -261,6 +265,7 @@ def _study_row(record: dict[str, Any], root: Path) -> Study:
         ct=path(files.get("ct")),
         masks={k: root / m["path"] for k, m in masks.items()},
         report=record["report"],
+        reports=dict(record["reports"]),
         report_lang=record["report_lang"],
         age=record["age"],
         sex=record["sex"],

@@ -643,22 +643,29 @@ def _impression(truth: PatientTruth, w: _Writer) -> str:
 
 
 def write_report(truth: PatientTruth, lang: str, rng: np.random.Generator) -> str:
-    """A report of the study in `lang` ("en" or "zh"), from its per-modality truth.
+    """The whole report of the study in `lang` (see `write_report_parts`)."""
+    return write_report_parts(truth, lang, rng)[0]
+
+
+def write_report_parts(
+    truth: PatientTruth, lang: str, rng: np.random.Generator
+) -> tuple[str, dict[str, str]]:
+    """The study's report in `lang` ("en" or "zh") and each exam's section by modality.
 
     Sections follow the modalities present (random order), each with its own numbers; half the
-    reports end with an impression naming the positive findings.
+    reports end with an impression naming the positive findings (it belongs to no one exam).
     """
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
     w = _Writer(lang, rng)
-    sections = [
-        _section(w.pick(HEADERS[m][lang]), _shuffled(SECTIONS[m](truth, w), rng), lang)
+    sections = {
+        m: _section(w.pick(HEADERS[m][lang]), _shuffled(SECTIONS[m](truth, w), rng), lang)
         for m in truth.modalities
-    ]
-    sections = _shuffled(sections, rng)
+    }
+    parts = _shuffled(list(sections.values()), rng)
     if w.maybe(0.5):
-        sections.append(_impression(truth, w))
-    return "\n".join(sections)
+        parts.append(_impression(truth, w))
+    return "\n".join(parts), sections
 
 
 def _shuffled(items: list[str], rng: np.random.Generator) -> list[str]:
