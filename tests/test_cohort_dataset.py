@@ -19,7 +19,7 @@ from mmcardio.datasets.cohort import (
     prepare_cache,
     preprocess_study,
 )
-from mmcardio.datasets.transforms import PreprocessConfig, report_sentences
+from mmcardio.datasets.transforms import PreprocessConfig
 from mmcardio.datasets.writers.dicom import write_dicom_video
 from mmcardio.datasets.writers.ecg import write_ecg
 from mmcardio.datasets.writers.nifti import write_nifti
@@ -28,6 +28,7 @@ from mmcardio.encoders.registry import get_config
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.modality import ECHO_VIEWS
 from mmcardio.records import ECG, STANDARD_LEADS, Video, Volume
+from mmcardio.sentences import report_sentences
 from mmcardio.study import EchoClip, Study, read_manifest, write_manifest
 
 CFG = {"ecg": {"fs": 250.0, "samples": 2000},

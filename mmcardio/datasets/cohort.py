@@ -35,12 +35,12 @@ from mmcardio.datasets.transforms import (
     sample_cmr,
     sample_ecg,
     sample_echo,
-    sample_sentences,
     view_id,
 )
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import atomic_path, write_json
 from mmcardio.modality import ECHO_VIEWS, STUDY_MODALITIES
+from mmcardio.sentences import sample_sentences
 from mmcardio.study import Study, read_manifest
 
 CACHE_CONFIG, CACHE_INDEX, CACHE_STUDIES = "preprocess.json", "index.json", "studies"

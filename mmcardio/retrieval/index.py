@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mmcardio.datasets.transforms import report_sentences
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
 from mmcardio.retrieval.store import (
@@ -28,6 +27,7 @@ from mmcardio.retrieval.store import (
     load_model,
     model_fingerprint,
 )
+from mmcardio.sentences import report_sentences
 
 KINDS = ("flat", "ivf", "hnsw")
 
