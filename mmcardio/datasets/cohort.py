@@ -332,7 +332,7 @@ class StudyDataset(Dataset):
         rng = np.random.default_rng(seed) if self.train and seed is not None else None
         item = {"study_id": study.study_id, "text": study.report, **sample_study(prepared, self.cfg, rng)}
         modalities = [m for m in MODALITY_NAMES if m in item]
-        texts = {m: study.reports.get(m) or study.report for m in modalities}
+        texts = {m: study.report_for(m) for m in modalities}
         if rng is not None and self.sample_sentences:
             text_rng = np.random.default_rng([seed, 1])  # apart from the windows' draws
             shuffled = {t: sample_sentences(t, text_rng) for t in dict.fromkeys([study.report, *texts.values()])}

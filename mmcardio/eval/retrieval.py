@@ -19,7 +19,7 @@ import pandas as pd
 from mmcardio.errors import MMCardioError
 from mmcardio.eval import metrics as M
 from mmcardio.eval.prompts import FINDINGS, findings_for
-from mmcardio.retrieval.store import EmbeddingStore, labels_of
+from mmcardio.retrieval.store import EmbeddingStore, labelled, labels_of
 
 
 def paired(store: EmbeddingStore, key: str, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -115,14 +115,12 @@ def finding_queries(store: EmbeddingStore, split: str, encode_text: Callable[[li
         queries = np.asarray(encode_text(list(prompts.positive[lang])), dtype=float)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-12)
         for key in [m for m in (*prompts.modalities, "study") if m in store.keys]:
-            vectors, meta = store.select(key, split=split)
-            labels = np.array([labels_of(r).get(prompts.name, -1) for _, r in meta.iterrows()])
-            keep = labels >= 0
-            if not (labels[keep] == 1).any():
+            vectors, y, _ = labelled(*store.select(key, split=split), prompts.name)
+            if not y.any():
                 continue
-            sim = queries @ vectors[keep].T
-            relevant = np.broadcast_to(labels[keep] == 1, sim.shape)
+            sim = queries @ vectors.T
+            relevant = np.broadcast_to(y == 1, sim.shape)
             rows.append({"lang": lang, "finding": prompts.name, "modality": key,
-                         "n_candidates": int(keep.sum()), "n_relevant": int(relevant[0].sum()),
+                         "n_candidates": int(y.size), "n_relevant": int(y.sum()),
                          f"precision_at_{k}": float(np.mean(M.precision_at_k(sim, relevant, k)))})
     return rows

@@ -33,7 +33,7 @@ from mmcardio.io import write_json
 from mmcardio.retrieval.store import (
     EmbeddingStore,
     embed_manifest,
-    labels_of,
+    labelled,
     load_model,
     measurements_of,
 )
@@ -131,14 +131,6 @@ class Curve:
     meta: pd.DataFrame
 
 
-def _labelled(vectors: np.ndarray, meta: pd.DataFrame, name: str):
-    """Rows stating finding `name`: their vectors, 0/1 labels and metadata."""
-    labels = [labels_of(r).get(name) for _, r in meta.iterrows()]
-    keep = np.array([v is not None for v in labels], dtype=bool)
-    y = np.array([v for v in labels if v is not None], dtype=int)
-    return vectors[keep], y, meta[keep].reset_index(drop=True)
-
-
 def classify(ctx: EvalContext, lang: str) -> tuple[list[dict], list[Curve], list[dict]]:
     """Zero-shot AUROC/AUPRC (bootstrap CIs) and ECE per finding and modality."""
     rows, curves, skipped = [], [], []
@@ -146,7 +138,7 @@ def classify(ctx: EvalContext, lang: str) -> tuple[list[dict], list[Curve], list
                         disable=not ctx.progress):
         classes = ctx.heads[(lang, prompts.name)]
         for key in ctx.keys_for(prompts.modalities):
-            vectors, y, meta = _labelled(*ctx.store.select(key, split=ctx.split), prompts.name)
+            vectors, y, meta = labelled(*ctx.store.select(key, split=ctx.split), prompts.name)
             if not M.has_both_classes(y):
                 skipped.append({"lang": lang, "finding": prompts.name, "modality": key,
                                 "n": int(y.size), "reason": "needs positive and negative studies"})
@@ -180,8 +172,8 @@ def linear_probe(ctx: EvalContext, train_split: str = "train") -> list[dict]:
     rows = []
     for prompts in FINDINGS.values():
         for key in ctx.keys_for(prompts.modalities):
-            x_tr, y_tr, _ = _labelled(*ctx.store.select(key, split=train_split), prompts.name)
-            x_te, y_te, _ = _labelled(*ctx.store.select(key, split=ctx.split), prompts.name)
+            x_tr, y_tr, _ = labelled(*ctx.store.select(key, split=train_split), prompts.name)
+            x_te, y_te, _ = labelled(*ctx.store.select(key, split=ctx.split), prompts.name)
             if not (M.has_both_classes(y_tr) and M.has_both_classes(y_te)):
                 continue
             probe = LogisticRegression(max_iter=1000, class_weight="balanced").fit(x_tr, y_tr)

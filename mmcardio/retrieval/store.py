@@ -135,6 +135,14 @@ def labels_of(row: pd.Series | dict) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(row["labels"] or "{}").items()}
 
 
+def labelled(vectors: np.ndarray, meta: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Rows stating finding `name`: their vectors, 0/1 labels and metadata."""
+    labels = [labels_of(r).get(name) for _, r in meta.iterrows()]
+    keep = np.array([v is not None for v in labels], dtype=bool)
+    y = np.array([v for v in labels if v is not None], dtype=int)
+    return vectors[keep], y, meta[keep].reset_index(drop=True)
+
+
 def measurements_of(row: pd.Series | dict) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(row["measurements"] or "{}").items()}
 
