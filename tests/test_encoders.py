@@ -248,3 +248,41 @@ def test_missing_text_model_is_a_config_error(tmp_path):
         TextEncoderConfig()
     with pytest.raises(ConfigError, match="no model folder"):
         TextEncoder(TextEncoderConfig(str(tmp_path / "nowhere")))
+
+
+def test_number_tokens_carry_their_value(tiny_bert):
+    """Every token of a number (one [UNK] here, digit by digit in a scratch vocabulary) gets
+    the number's value; other tokens NaN. The value embedding starts at zero, so a pretrained
+    tower starts unchanged, and it learns: gradients reach it."""
+    plain = TextEncoder(TextEncoderConfig(str(tiny_bert)))
+    numeric = TextEncoder(TextEncoderConfig(str(tiny_bert), number_features=6))
+    numeric.model.load_state_dict(plain.model.state_dict())
+    texts = ["ejection fraction 35 , sinus rhythm", "心房颤动 110 , 1.5"]
+    tokens = numeric.tokenize(texts)
+    values = tokens["number_values"]
+    assert values.shape == tokens["input_ids"].shape
+    assert values[0][~values[0].isnan()].tolist() == [35.0]
+    assert values[1][~values[1].isnan()].tolist() == [110.0, 1.5, 1.5, 1.5]  # "1" "." "5"
+    assert torch.allclose(numeric(**tokens), plain(**plain.tokenize(texts)), atol=1e-6)
+
+    numeric(**tokens).sum().backward()
+    assert numeric.number_embed.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        numeric.number_embed.proj.weight.normal_()
+        near, far = (numeric(**numeric.tokenize([f"ejection fraction {v}"])) for v in (36, 60))
+        base = numeric(**numeric.tokenize(["ejection fraction 35"]))
+    assert (base - near).norm() < (base - far).norm()  # nearby values embed nearby
+
+
+def test_scratch_vocabulary_splits_digits_and_keeps_values():
+    enc = TextEncoder(TextEncoderConfig(scratch={"vocab_size": 200, "hidden_size": 16,
+                                                 "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                 "intermediate_size": 32}, number_features=4))
+    enc.fit_tokenizer(["LVEF 35%.", "左室射血分数35%"], min_count=1)
+    tokens = enc.tokenize(["LVEF 35%", "射血分数35%"])
+    names = enc.tokenizer.convert_ids_to_tokens(tokens["input_ids"][1])
+    assert names[:7] == ["[CLS]", "射", "血", "分", "数", "3", "5"]
+    assert tokens["number_values"][1, 5:7].tolist() == [35.0, 35.0]
+    assert tokens["number_values"][1, :5].isnan().all()
+    with pytest.raises(ConfigError, match="number_features"):
+        TextEncoderConfig(str("x"), number_features=-1)

@@ -14,11 +14,19 @@ whose WordPiece vocabulary `fit_tokenizer` learns from the training reports: che
 CPU runs, and it reads Chinese as well as English (an English model's vocabulary maps most
 Chinese characters to [UNK]). Digits are tokens of their own, so "LVEF 35%" and "LVEF 38%"
 share the "3" that an EF regression by prompts relies on.
+
+With `number_features`, every token of a number in the text also gets an embedding of that
+number's value (periodic features of log10(1 + value) and a learned projection, as in
+Gorishniy et al. 2022, "On embeddings for numerical features"): a report's meaning rests on
+its measurements (LVEF 35%, PR 240 ms, Agatston 400), and a vocabulary sees only their
+digits. The projection starts at zero, so a pretrained tower starts unchanged.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertM
 from mmcardio.errors import ConfigError, MMCardioError
 
 PACKAGE_PREFIX = "package:"
+NUMBER = re.compile(r"\d+(?:\.\d+)?")  # unsigned: "-" in reports is mostly a range or a dash
 
 
 @dataclass
@@ -40,6 +49,7 @@ class TextEncoderConfig:
     pooling: str = "mean"  # "mean" over the attention mask, or "cls"
     max_length: int = 256
     freeze_layers: int = 0  # freeze the embeddings and the first k transformer layers
+    number_features: int = 0  # frequencies of the value embedding of numbers (0 = off)
 
     def __post_init__(self) -> None:
         if bool(self.model_name_or_path) == bool(self.scratch):
@@ -50,6 +60,41 @@ class TextEncoderConfig:
             )
         if self.pooling not in ("mean", "cls"):
             raise ConfigError(f"expected 'mean' or 'cls', got {self.pooling!r}", field="pooling")
+        if self.number_features < 0:
+            raise ConfigError(
+                f"expected a count >= 0, got {self.number_features}", field="number_features"
+            )
+
+
+class NumberEmbedding(nn.Module):
+    """values [B, L] (NaN for tokens that are not part of a number) -> [B, L, width].
+
+    x = log10(1 + value) spans 0..5 for report numbers; sin/cos at frequencies 0.1 * 2^k
+    cycles per decade resolve values from 1 to 100000 down to a few percent apart."""
+
+    def __init__(self, n_frequencies: int, width: int):
+        super().__init__()
+        frequencies = 0.1 * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32)
+        self.register_buffer("frequencies", 2 * math.pi * frequencies, persistent=False)
+        self.proj = nn.Linear(2 * n_frequencies, width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        is_number = ~values.isnan()
+        x = torch.log10(1 + values.nan_to_num(0.0).abs())[..., None] * self.frequencies
+        features = torch.cat([x.sin(), x.cos()], -1)
+        return self.proj(features) * is_number[..., None].to(features.dtype)
+
+
+def number_values(text: str, offsets: list[tuple[int, int]]) -> list[float]:
+    """The value of the number each token (character span in `text`) is part of, else NaN."""
+    spans = [(m.start(), m.end(), float(m.group())) for m in NUMBER.finditer(text)]
+    values = []
+    for start, end in offsets:
+        inside = [v for s, e, v in spans if s <= start and end <= e] if end > start else []
+        values.append(inside[0] if inside else math.nan)
+    return values
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -103,6 +148,9 @@ class TextEncoder(nn.Module):
         else:
             self._load(config, folder)
         self.width = int(self.model.config.hidden_size)
+        self.number_embed = (
+            NumberEmbedding(config.number_features, self.width) if config.number_features else None
+        )
         # A pooler head (BERT's) is unused by our pooling; frozen, so DDP finds no trainable
         # parameter without a gradient.
         if getattr(self.model, "pooler", None) is not None:
@@ -195,22 +243,36 @@ class TextEncoder(nn.Module):
                 "this text tower learns its vocabulary from the training reports: call "
                 "fit_tokenizer(reports) first (pretraining does), or load a trained model"
             )
-        return dict(
+        tokens = dict(
             self.tokenizer(
                 list(texts),
                 padding=True,
                 truncation=True,
                 max_length=self.config.max_length,
                 return_tensors="pt",
+                return_offsets_mapping=self.number_embed is not None,
             )
         )
+        if self.number_embed is not None:
+            offsets = tokens.pop("offset_mapping").tolist()
+            tokens["number_values"] = torch.tensor(
+                [number_values(t, o) for t, o in zip(texts, offsets)], dtype=torch.float32
+            )
+        return tokens
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        number_values: torch.Tensor | None = None,
+        **extra: torch.Tensor,
     ) -> torch.Tensor:
-        hidden = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, **extra
-        ).last_hidden_state
+        if number_values is None or self.number_embed is None:
+            inputs = {"input_ids": input_ids}
+        else:
+            embed = self.model.get_input_embeddings()(input_ids)
+            inputs = {"inputs_embeds": embed + self.number_embed(number_values).to(embed.dtype)}
+        hidden = self.model(**inputs, attention_mask=attention_mask, **extra).last_hidden_state
         if self.config.pooling == "cls":
             return hidden[:, 0]
         keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
