@@ -285,4 +285,4 @@ def test_scratch_vocabulary_splits_digits_and_keeps_values():
     assert tokens["number_values"][1, 5:7].tolist() == [35.0, 35.0]
     assert tokens["number_values"][1, :5].isnan().all()
     with pytest.raises(ConfigError, match="number_features"):
-        TextEncoderConfig(str("x"), number_features=-1)
+        TextEncoderConfig("x", number_features=-1)
