@@ -87,14 +87,14 @@ class NumberEmbedding(nn.Module):
         return self.proj(features) * is_number[..., None].to(features.dtype)
 
 
-def number_values(text: str, offsets: list[tuple[int, int]]) -> list[float]:
-    """The value of the number each token (character span in `text`) is part of, else NaN."""
+def token_number_values(text: str, offsets: list[tuple[int, int]]) -> list[float]:
+    """The value of the number each token (character span in `text`) is part of, else NaN;
+    special and padding tokens have empty spans."""
     spans = [(m.start(), m.end(), float(m.group())) for m in NUMBER.finditer(text)]
-    values = []
-    for start, end in offsets:
-        inside = [v for s, e, v in spans if s <= start and end <= e] if end > start else []
-        values.append(inside[0] if inside else math.nan)
-    return values
+    return [
+        next((v for s, e, v in spans if s <= start and end <= e and end > start), math.nan)
+        for start, end in offsets
+    ]
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -256,7 +256,7 @@ class TextEncoder(nn.Module):
         if self.number_embed is not None:
             offsets = tokens.pop("offset_mapping").tolist()
             tokens["number_values"] = torch.tensor(
-                [number_values(t, o) for t, o in zip(texts, offsets)], dtype=torch.float32
+                [token_number_values(t, o) for t, o in zip(texts, offsets)], dtype=torch.float32
             )
         return tokens
 
