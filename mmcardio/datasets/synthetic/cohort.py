@@ -17,7 +17,6 @@ Same seed -> identical manifest and truth (studies are drawn from per-study seed
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -282,9 +281,7 @@ def _records(jobs: list, workers: int, progress: bool) -> Iterator[dict[str, Any
                 yield _write_one(job)
                 bar.update()
             return
-        # gc.freeze in each worker: the imported modules' objects leave the collector's sight,
-        # so the gc.collect() that imageio runs per video write costs microseconds, not 0.1 s.
-        with ProcessPoolExecutor(max_workers=workers, initializer=gc.freeze) as pool:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             for record in pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
                 yield record
                 bar.update()

@@ -1,9 +1,11 @@
-"""Write echo cines as MP4 (H.264) or AVI (Motion JPEG) through imageio's pyav plugin."""
+"""Write echo cines as MP4 (H.264) or AVI (Motion JPEG) with PyAV (see the reader for why not
+through imageio)."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
-import imageio.v3 as iio
+import av
 import numpy as np
 
 from mmcardio.io import atomic_path
@@ -34,6 +36,11 @@ def write_video(video: Video, path: str | Path) -> Path:
     if pixel_format == "yuv420p":
         pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
         frames = np.pad(frames, pad)
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, frames, plugin="pyav", codec=codec, fps=video.fps, out_pixel_format=pixel_format)
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
+        # A float rate overflows PyAV's rational; a bounded fraction keeps e.g. 29.97 exact.
+        stream = container.add_stream(codec, rate=Fraction(video.fps).limit_denominator(65535))
+        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], pixel_format
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder's delayed frames
     return path
