@@ -108,8 +108,7 @@ def main() -> None:
                         help="pretraining config of both stages (MAE, then alignment)")
     parser.add_argument("--align-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the alignment run only (repeatable), e.g. "
-                             "--align-set epochs=150 for the longer run the README quotes "
-                             "(about 30 minutes instead of 12 on 2 cores)")
+                             "--align-set epochs=90 for about three times the demo's ~400 steps")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()

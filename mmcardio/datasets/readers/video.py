@@ -3,8 +3,8 @@
 DICOM colour is converted with pydicom's own functions; the frame rate comes from the Cine
 module (PS3.3 C.7.6.5) and the physical pixel size from the Sequence of Ultrasound Regions
 (PS3.3 C.8.5.5), falling back to PixelSpacing. Containers are decoded by PyAV (FFmpeg) directly:
-imageio's pyav plugin runs a full garbage collection on every close, about 0.4 s per file
-in a process that holds torch, which made it most of the cost of preparing a cohort.
+imageio's pyav plugin runs a full garbage collection when a file is closed (twice per file, about
+0.4 s each in a process that holds torch), which made it most of the cost of preparing a cohort.
 """
 from __future__ import annotations
 
