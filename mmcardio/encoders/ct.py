@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 from monai.networks.nets import ViT
-from monai.networks.nets.resnet import ResNet, get_inplanes
 from torch import nn
 
+from mmcardio.encoders.resnet import resnet
 from mmcardio.errors import ConfigError
 
 BACKBONES = ("vit", "resnet")
@@ -81,8 +81,7 @@ class CTEncoder(nn.Module):
         self.width = c.width
         self.pool = nn.MaxPool3d(c.input_pool) if c.input_pool > 1 else nn.Identity()
         if c.backbone == "resnet":
-            self.net = ResNet("basic", c.resnet_layers, get_inplanes(), spatial_dims=3,
-                              n_input_channels=1, num_classes=c.width, widen_factor=c.widen_factor)
+            self.net = resnet(3, 1, c.width, c.resnet_layers, c.widen_factor)
         else:
             self.net = ViT(
                 in_channels=1,
