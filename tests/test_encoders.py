@@ -110,9 +110,10 @@ def test_ecg_mae_masks_follow_the_generator(ecg):
 
 
 # ---------------------------------------------------------------------------------- echo
-def test_echo_view_weights_sum_to_one_over_present_views():
+@pytest.mark.parametrize("backbone", ["transformer", "resnet"])
+def test_echo_view_weights_sum_to_one_over_present_views(backbone):
     torch.manual_seed(0)
-    echo = create_encoder("echo", small("echo-tiny", input_frames=4, depth=1)).eval()
+    echo = create_encoder("echo", small("echo-tiny", backbone=backbone, input_frames=4, depth=1, heads=4)).eval()
     frames = torch.randn(3, 3, 4, 64, 64)
     view_ids = torch.tensor([[0, 1, 3]] * 3)
     view_mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
@@ -129,13 +130,45 @@ def test_echo_view_weights_sum_to_one_over_present_views():
     assert default_emb.shape == (3, 64) and ECHO_VIEWS[-1] == "OTHER"
 
 
+def test_echo_resnet_reads_frames_as_channels():
+    echo = create_encoder("echo", small("echo-tiny")).eval()
+    assert isinstance(echo.net, ResNet) and echo.net.conv1.in_channels == 16
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in echo.modules())  # GroupNorm instead
+    clips = torch.randn(2, 16, 64, 64)
+    with torch.no_grad():
+        assert echo.encode_clips(clips).shape == (2, 64)
+        echo.train()  # no batch statistics: a clip's embedding does not depend on its batch
+        assert torch.allclose(echo.encode_clips(clips[:1]), echo.encode_clips(clips)[:1], atol=1e-5)
+        echo.eval()
+        assert not torch.allclose(echo.encode_clips(clips.flip(1)), echo.encode_clips(clips))
+    with pytest.raises(ValueError, match="T=16"):
+        echo.encode_clips(torch.randn(2, 8, 64, 64))
+
+
 # ------------------------------------------------------------------------------ CMR / CT
-def test_cmr_shapes_with_full_and_fewer_phases():
-    cmr = create_encoder("cmr", small("cmr-tiny", depth=1))
-    assert cmr(torch.randn(2, 8, 6, 64, 64)).shape == (2, 64)
-    assert cmr(torch.randn(2, 4, 3, 64, 64)).shape == (2, 64)
+def test_cmr_transformer_shapes_with_full_and_fewer_phases():
+    cmr = create_encoder("cmr", small("cmr-base", width=32, depth=1, spatial_depth=1, heads=2,
+                                      input_phases=8, input_slices=6, input_size=[64, 64]))
+    assert cmr(torch.randn(2, 8, 6, 64, 64)).shape == (2, 32)
+    assert cmr(torch.randn(2, 4, 3, 64, 64)).shape == (2, 32)
     with pytest.raises(ValueError, match="cine"):
         cmr(torch.randn(2, 9, 6, 64, 64))
+
+
+def test_cmr_resnet_reads_phases_as_channels_and_averages_slices():
+    torch.manual_seed(0)
+    cmr = create_encoder("cmr", small("cmr-tiny")).eval()
+    assert isinstance(cmr.net, ResNet) and cmr.net.conv1.in_channels == 8
+    cine = torch.randn(2, 8, 6, 64, 64)
+    with torch.no_grad():
+        out = cmr(cine)
+        assert out.shape == (2, 64)
+        assert torch.allclose(cmr(cine[:, :, [5, 3, 1, 0, 2, 4]]), out, atol=1e-5)  # mean over slices
+        one_slice = cine[:, :, :1]
+        assert torch.allclose(cmr(one_slice.expand(-1, -1, 4, -1, -1)), cmr(one_slice), atol=1e-5)
+        assert not torch.allclose(cmr(cine.flip(1)), out)  # the phases' order matters
+    with pytest.raises(ValueError, match="T=8"):
+        cmr(torch.randn(2, 4, 6, 64, 64))
 
 
 def test_ct_backbones_are_monai_vit_and_resnet_after_a_max_pool():

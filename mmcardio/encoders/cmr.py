@@ -5,6 +5,13 @@ is patch-embedded and encoded by a small spatial transformer (ViViT's factorised
 its mean token then gets a phase embedding and a slice embedding, and a second transformer
 attends across all (t, z) images, which is where wall motion (t) and base-to-apex coverage
 (z) meet. Factorising keeps the cost linear in T x Z instead of quadratic in all patches.
+
+The "resnet" backbone is MONAI's 2-D ResNet on each short-axis slice with the cardiac phases
+as input channels, its features averaged over the slices (a volume is a sum over slices). Its
+first convolution sees every pixel through the whole cycle, so the blood pool shrinking from
+end-diastole to end-systole (the ejection fraction) is a local contrast rather than a relation
+between distant tokens. Like the CT tower's ResNet, it learns from a few hundred studies where
+the transformer from scratch does not, so the tiny config uses it.
 """
 
 from __future__ import annotations
@@ -15,13 +22,22 @@ import torch
 from torch import nn
 
 from mmcardio.encoders.ecg import _embedding, transformer
+from mmcardio.encoders.resnet import resnet
 from mmcardio.errors import ConfigError
+
+BACKBONES = ("transformer", "resnet")
 
 
 @dataclass
 class CMREncoderConfig:
-    """CMR tower. Inputs: cine [n, T, Z, H, W] with T <= input_phases, Z <= input_slices."""
+    """CMR tower. Inputs: cine [n, T, Z, H, W] with T <= input_phases (the resnet takes
+    exactly input_phases), Z <= input_slices.
+    backbone "transformer": depth, spatial_depth, heads, mlp_ratio, dropout, patch_size.
+    backbone "resnet": resnet_layers (basic blocks per stage; [1, 1, 1, 1] is ResNet-10) and
+    widen_factor; its pooled features are projected to `width`.
+    """
 
+    backbone: str = "transformer"
     width: int = 512
     depth: int = 6  # attention across (t, z) images
     spatial_depth: int = 4  # attention across patches of one image
@@ -32,9 +48,14 @@ class CMREncoderConfig:
     input_slices: int = 10
     input_size: list[int] = field(default_factory=lambda: [128, 128])
     patch_size: int = 16
+    resnet_layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    widen_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        if len(self.input_size) != 2 or any(s % self.patch_size for s in self.input_size):
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"expected one of {BACKBONES}, got {self.backbone!r}", field="backbone")
+        patched = self.backbone == "transformer"
+        if len(self.input_size) != 2 or (patched and any(s % self.patch_size for s in self.input_size)):
             raise ConfigError(
                 f"input_size {self.input_size} is not a whole number of "
                 f"{self.patch_size}-pixel patches",
@@ -52,6 +73,10 @@ class CMREncoder(nn.Module):
         super().__init__()
         c = self.config = config
         self.width = c.width
+        if c.backbone == "resnet":
+            self.net = resnet(2, c.input_phases, c.width, c.resnet_layers, c.widen_factor,
+                              norm="group", stem_stride=2)
+            return
         n_patches = (c.input_size[0] // c.patch_size) * (c.input_size[1] // c.patch_size)
         self.patch = nn.Conv2d(1, c.width, c.patch_size, stride=c.patch_size)
         self.space_embed = _embedding(n_patches, c.width)
@@ -69,11 +94,16 @@ class CMREncoder(nn.Module):
             or list(cine.shape[3:]) != list(c.input_size)
             or cine.shape[1] > c.input_phases
             or cine.shape[2] > c.input_slices
+            or (c.backbone == "resnet" and cine.shape[1] != c.input_phases)
         ):
+            phases = f"T={c.input_phases}" if c.backbone == "resnet" else f"T<={c.input_phases}"
             raise ValueError(
-                f"expected CMR cine [n, T<={c.input_phases}, Z<={c.input_slices}, "
+                f"expected CMR cine [n, {phases}, Z<={c.input_slices}, "
                 f"{c.input_size[0]}, {c.input_size[1]}], got {tuple(cine.shape)}"
             )
+        if c.backbone == "resnet":  # slices as images, phases as channels
+            slices = cine.transpose(1, 2).flatten(0, 1)
+            return self.net(slices).unflatten(0, cine.shape[:1] + cine.shape[2:3]).mean(1)
         n, phases, slices = cine.shape[:3]
         x = (
             self.patch(cine.reshape(n * phases * slices, 1, *cine.shape[3:]))

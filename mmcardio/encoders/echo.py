@@ -1,10 +1,16 @@
-"""Echo encoder: a video transformer per clip, then attention pooling over a study's views.
+"""Echo encoder: one encoder per clip, then attention pooling over a study's views.
 
 Each clip [T, H, W] is cut into tubelets (Conv3d) with separable time and space position
-embeddings and encoded by a transformer (CLS token). A study holds several clips of
-different views; as in EchoPrime, a view embedding is added to each clip embedding and a
-gated attention (Ilse et al. 2018) weighs the views into one study embedding. The per-view
-weights are returned, so users can see which views drove the embedding.
+embeddings and encoded by a transformer (CLS token). The "resnet" backbone instead reads a
+clip as one image with its frames as channels (MONAI's 2-D ResNet): the first convolution sees
+each pixel through the whole clip, so the blood pool's change over the cycle (the ejection
+fraction) is a local contrast. It learns from a few hundred studies, which the transformer
+from scratch does not, so the tiny config uses it.
+
+A study holds several clips of different views; as in EchoPrime, a view embedding is added to
+each clip embedding and a gated attention (Ilse et al. 2018) weighs the views into one study
+embedding. The per-view weights are returned, so users can see which views drove the
+embedding.
 """
 
 from __future__ import annotations
@@ -15,14 +21,23 @@ import torch
 from torch import nn
 
 from mmcardio.encoders.ecg import _embedding, transformer
+from mmcardio.encoders.resnet import resnet
 from mmcardio.errors import ConfigError
 from mmcardio.modality import ECHO_VIEWS
+
+BACKBONES = ("transformer", "resnet")
 
 
 @dataclass
 class EchoEncoderConfig:
-    """Echo tower. Inputs: frames [n, V, T, H, W] (gray, standardized), T <= input_frames."""
+    """Echo tower. Inputs: frames [n, V, T, H, W] (gray, standardized), T <= input_frames
+    (the resnet takes exactly input_frames).
+    backbone "transformer": width, depth, heads, mlp_ratio, dropout, tubelet.
+    backbone "resnet": resnet_layers (basic blocks per stage; [1, 1, 1, 1] is ResNet-10) and
+    widen_factor; its pooled features are projected to `width`.
+    """
 
+    backbone: str = "transformer"
     width: int = 512
     depth: int = 8
     heads: int = 8
@@ -32,12 +47,16 @@ class EchoEncoderConfig:
     input_size: list[int] = field(default_factory=lambda: [112, 112])
     tubelet: list[int] = field(default_factory=lambda: [2, 16, 16])  # (t, h, w)
     view_attention_hidden: int = 128
+    resnet_layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    widen_factor: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"expected one of {BACKBONES}, got {self.backbone!r}", field="backbone")
         if len(self.tubelet) != 3 or len(self.input_size) != 2:
             raise ConfigError("expected tubelet [t, h, w] and input_size [h, w]", field="tubelet")
         sizes = [self.input_frames, *self.input_size]
-        if any(s % t for s, t in zip(sizes, self.tubelet)):
+        if self.backbone == "transformer" and any(s % t for s, t in zip(sizes, self.tubelet)):
             raise ConfigError(
                 f"input [frames, h, w] = {sizes} is not a whole number of tubelets {self.tubelet}",
                 field="tubelet",
@@ -63,13 +82,17 @@ class EchoEncoder(nn.Module):
         super().__init__()
         c = self.config = config
         self.width = c.width
-        n_t, n_h, n_w = c.grid
-        self.patch = nn.Conv3d(1, c.width, c.tubelet, stride=c.tubelet)
-        self.time_embed = _embedding(n_t, c.width)
-        self.space_embed = _embedding(n_h * n_w, c.width)
-        self.cls_token = _embedding(1, 1, c.width)
-        self.encoder = transformer(c.width, c.depth, c.heads, c.mlp_ratio, c.dropout)
-        self.norm = nn.LayerNorm(c.width)
+        if c.backbone == "resnet":
+            self.net = resnet(2, c.input_frames, c.width, c.resnet_layers, c.widen_factor,
+                              norm="group", stem_stride=2)
+        else:
+            n_t, n_h, n_w = c.grid
+            self.patch = nn.Conv3d(1, c.width, c.tubelet, stride=c.tubelet)
+            self.time_embed = _embedding(n_t, c.width)
+            self.space_embed = _embedding(n_h * n_w, c.width)
+            self.cls_token = _embedding(1, 1, c.width)
+            self.encoder = transformer(c.width, c.depth, c.heads, c.mlp_ratio, c.dropout)
+            self.norm = nn.LayerNorm(c.width)
         self.view_embed = nn.Embedding(len(ECHO_VIEWS), c.width)
         self.attn_value = nn.Linear(c.width, c.view_attention_hidden)
         self.attn_gate = nn.Linear(c.width, c.view_attention_hidden)
@@ -81,13 +104,18 @@ class EchoEncoder(nn.Module):
         if (
             clips.ndim != 4
             or list(clips.shape[2:]) != list(c.input_size)
-            or clips.shape[1] % c.tubelet[0]
             or clips.shape[1] > c.input_frames
+            or (c.backbone == "resnet" and clips.shape[1] != c.input_frames)
+            or (c.backbone == "transformer" and clips.shape[1] % c.tubelet[0])
         ):
+            frames = (f"T={c.input_frames}" if c.backbone == "resnet"
+                      else f"T a multiple of {c.tubelet[0]}, at most {c.input_frames}")
             raise ValueError(
-                f"expected echo clips [m, T, {c.input_size[0]}, {c.input_size[1]}] with T "
-                f"a multiple of {c.tubelet[0]}, at most {c.input_frames}; got {tuple(clips.shape)}"
+                f"expected echo clips [m, T, {c.input_size[0]}, {c.input_size[1]}] with "
+                f"{frames}; got {tuple(clips.shape)}"
             )
+        if c.backbone == "resnet":
+            return self.net(clips)
         x = self.patch(clips.unsqueeze(1))  # [m, width, t, h, w]
         n_t = x.shape[2]
         x = x.flatten(3).permute(0, 2, 3, 1)  # [m, t, h*w, width]
