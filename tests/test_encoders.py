@@ -133,6 +133,7 @@ def test_echo_view_weights_sum_to_one_over_present_views(backbone):
 def test_echo_resnet_reads_frames_as_channels():
     echo = create_encoder("echo", small("echo-tiny")).eval()
     assert isinstance(echo.net, ResNet) and echo.net.conv1.in_channels == 16
+    assert echo.net.conv1.stride == (2, 2)  # the usual ResNet stem, not MONAI's default of 1
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in echo.modules())  # GroupNorm instead
     clips = torch.randn(2, 16, 64, 64)
     with torch.no_grad():
@@ -182,6 +183,7 @@ def test_ct_backbones_are_monai_vit_and_resnet_after_a_max_pool():
         create_encoder("ct", small("ct-base", input_size=[32, 64, 64], patch_size=[32, 16, 16], input_pool=2))
     resnet = create_encoder("ct", small("ct-tiny")).eval()
     assert isinstance(resnet.net, ResNet)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in resnet.modules())  # CT keeps BatchNorm
     volume = torch.zeros(1, 1, 32, 80, 80)
     spot = volume.clone()
     spot[0, 0, 16, 40, 40] = 1.0  # one voxel: the max-pool passes it on whole
