@@ -109,6 +109,29 @@ def test_ecg_mae_masks_follow_the_generator(ecg):
     assert torch.equal(first, again)
 
 
+def test_ecg_context_stem_sees_across_patches_but_never_a_hidden_patch():
+    torch.manual_seed(0)
+    patch = create_encoder("ecg", small("ecg-tiny", context_stem=False)).eval()
+    context = create_encoder("ecg", small("ecg-tiny", context_stem=True)).eval()
+    assert patch.context is None and get_config("ecg-tiny")["context_stem"]
+    x = torch.randn(1, 12, 1250) * 0.3
+    moved = x.clone()
+    moved[:, :, 460:470] += 1.0  # 40 ms inside patch 9 (samples 450-499), near its end
+    visible = torch.ones(1, 12, 25, dtype=torch.bool)
+    for enc in (patch, context):
+        a, b = (enc._tokens(enc._patches(v, None)[0], visible) for v in (x, moved))
+        changed = (a - b).abs().amax(dim=(0, 1, 3)) > 1e-6
+        # patch stem: only its own token; context stem (484 ms field): the neighbours too
+        assert changed.nonzero().flatten().tolist() == ([9] if enc is patch else [8, 9, 10])
+    visible[:, :, 9] = False  # a hidden patch (masked modelling) reaches no visible token
+    a, b = (context._tokens(context._patches(v, None)[0], visible) for v in (x, moved))
+    assert torch.equal(a[:, :, [8, 10]], b[:, :, [8, 10]])
+    out = context.mae_loss(x, generator=torch.Generator().manual_seed(0))
+    assert out["pred"].shape == (1, 12, 1250) and torch.isfinite(out["loss"])
+    with pytest.raises(ConfigError, match="even"):  # 250 Hz x 100 ms = 25 samples, not halvable
+        encoder_config("ecg", small("ecg-tiny", patch_ms=100.0))
+
+
 # ---------------------------------------------------------------------------------- echo
 @pytest.mark.parametrize("backbone", ["transformer", "resnet"])
 def test_echo_view_weights_sum_to_one_over_present_views(backbone):

@@ -1,7 +1,11 @@
 """ECG encoder: lead x patch tokens, a transformer over them, and an MAE head.
 
-Each lead is cut into ~100 ms patches; a small convolution inside each patch embeds it, then a
-learned lead embedding and time embedding place the token. One transformer attends over all
+Each lead is cut into ~100-200 ms patches; a small convolution inside each patch embeds it, then
+a learned lead embedding and time embedding place the token. With `context_stem`, a second
+convolution branch runs over the whole lead (a receptive field of about half a second) and adds
+to each token what lies around its patch: the token of a QRS then also sees the P wave before
+it, so the PR interval (first-degree AV block) is a feature of one token rather than a
+comparison the transformer must learn between two. One transformer attends over all
 (lead, time) tokens at once, so it sees both the rhythm across time and the pattern across
 leads. Leads that were not recorded are never tokens: they are dropped before attention, so a
 1-lead or 8-lead ECG is just a shorter token sequence.
@@ -42,6 +46,7 @@ class ECGEncoderConfig:
     # Inputs are divided by this typical amplitude so tokens start near unit scale (like an
     # image mean/std); outputs are multiplied back, so predictions are in mV.
     signal_scale_mv: float = 0.2
+    context_stem: bool = False  # add a convolution branch across patch borders (see above)
     stem_channels: int = 32
     stem_kernel: int = 5
     pool: str = "cls"  # "cls" or "mean" over the recorded tokens
@@ -60,6 +65,12 @@ class ECGEncoderConfig:
             raise ConfigError(
                 f"expected a positive amplitude, got {self.signal_scale_mv}",
                 field="signal_scale_mv",
+            )
+        if self.context_stem and self.patch_samples % 2:
+            raise ConfigError(
+                f"the context stem halves the rate first, so a patch needs an even number of "
+                f"samples, got {self.patch_samples}",
+                field="patch_ms",
             )
         if self.pool not in ("cls", "mean"):
             raise ConfigError(f"expected 'cls' or 'mean', got {self.pool!r}", field="pool")
@@ -96,6 +107,21 @@ def transformer(
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
+def context_stem(c: ECGEncoderConfig) -> nn.Sequential:
+    """Convolutions over a whole lead [*, 1, S] -> [*, width, S / patch_samples]: a stem_kernel
+    filter at half the rate, a dilated filter of about half as many taps that spans as long
+    again, then one token per patch. A token sees stem_kernel + 4 (taps - 1) + patch_samples - 2
+    samples (121 samples, 484 ms, in ecg-tiny): its patch and the P wave before a QRS in it."""
+    taps, half_patch = c.stem_kernel // 4 * 2 + 1, c.patch_samples // 2
+    return nn.Sequential(
+        nn.Conv1d(1, c.stem_channels, c.stem_kernel, stride=2, padding=(c.stem_kernel - 1) // 2),
+        nn.GELU(),
+        nn.Conv1d(c.stem_channels, c.stem_channels, taps, padding=taps - 1, dilation=2),
+        nn.GELU(),
+        nn.Conv1d(c.stem_channels, c.width, half_patch, stride=half_patch),
+    )
+
+
 def _embedding(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
 
@@ -118,6 +144,7 @@ class ECGEncoder(nn.Module):
             nn.GELU(),
             nn.Conv1d(c.stem_channels, c.width, c.patch_samples),
         )
+        self.context = context_stem(c) if c.context_stem else None
         self.lead_embed = _embedding(N_LEADS, c.width)
         self.time_embed = _embedding(c.n_patches, c.width)
         self.cls_token = _embedding(1, 1, c.width)
@@ -152,9 +179,13 @@ class ECGEncoder(nn.Module):
         signal = signal.masked_fill(~lead_mask[..., None], 0.0) / self.config.signal_scale_mv
         return signal.unflatten(2, (-1, length)), lead_mask
 
-    def _tokens(self, patches: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, patches: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Token [n, 12, P, width] of every patch; only the `visible` ones are used."""
         n, leads, n_patch, length = patches.shape
         tokens = self.stem(patches.reshape(-1, 1, length)).reshape(n, leads, n_patch, self.width)
+        if self.context is not None:  # hidden patches are zeroed first: none leaks into a token
+            lead = (patches * visible[..., None]).reshape(n * leads, 1, n_patch * length)
+            tokens = tokens + self.context(lead).transpose(1, 2).reshape(tokens.shape)
         return tokens + self.lead_embed[:, None] + self.time_embed[None, :n_patch]
 
     def _encode(
@@ -185,13 +216,13 @@ class ECGEncoder(nn.Module):
         """signal [n, 12, S] mV, lead_mask [n, 12] (True = recorded) -> [n, width]."""
         patches, lead_mask = self._patches(signal, lead_mask)
         visible = lead_mask[:, :, None].expand(-1, -1, patches.shape[2])
-        hidden, _, pad = self._encode(self._tokens(patches), visible)
+        hidden, _, pad = self._encode(self._tokens(patches, visible), visible)
         return self._pool(hidden, pad)
 
     # ------------------------------------------------------------------ masked modelling
     def _predict(self, patches: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Predicted patches [n, 12, P, L] (units of signal_scale_mv) from the visible tokens."""
-        hidden, order, pad = self._encode(self._tokens(patches), visible)
+        hidden, order, pad = self._encode(self._tokens(patches, visible), visible)
         return self.decoder(hidden, order, pad, patches.shape[2])
 
     def _mae_visible(
