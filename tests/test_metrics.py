@@ -8,8 +8,9 @@ from open_clip import build_zero_shot_classifier
 from open_clip_train.train import get_clip_metrics
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from mmcardio.errors import MMCardioError
 from mmcardio.eval import metrics as M
-from mmcardio.eval.prompts import FINDINGS, LANGUAGES, VALUES, findings_for
+from mmcardio.eval.prompts import FINDINGS, LANGUAGES, VALUES, ValuePrompts, findings_for
 from mmcardio.eval.zeroshot import class_embeddings, class_probabilities, predict_values
 
 
@@ -250,5 +251,16 @@ def test_prompt_registry_is_complete():
             pos, neg = f.classes(lang)
             assert len(pos) >= 2 and len(neg) >= 2 and not set(pos) & set(neg)
     assert set(findings_for("ecg")) == ecg and set(findings_for("study")) == ecg | imaging
-    lvef = VALUES["lvef"].classes("zh")
-    assert lvef[0][0] == "左室射血分数10%" and len(lvef) == len(VALUES["lvef"].grid)
+    lvef = VALUES["lvef"]
+    assert len(lvef.classes("zh")) == len(lvef.grid) == 71
+    by_value = dict(zip(lvef.grid, lvef.classes("en")))  # ASE/EACVI 2015 bands
+    assert by_value[29.0][0] == "LVEF 29%, severely reduced systolic function"
+    assert [by_value[v][2] for v in (30.0, 40.0, 41.0, 51.0, 52.0)] == [
+        "the ejection fraction is 30% (moderately reduced)", "the ejection fraction is 40% (moderately reduced)",
+        "the ejection fraction is 41% (mildly reduced)", "the ejection fraction is 51% (mildly reduced)",
+        "the ejection fraction is 52% (normal)"]
+    assert dict(zip(lvef.grid, lvef.classes("zh")))[35.0][0] == "LVEF 35%，收缩功能中度减低"
+    plain = ValuePrompts("lvef", "%", ("echo",), (35.0,), {"en": ("LVEF {v}%",)})
+    assert plain.classes("en") == [["LVEF 35%"]]
+    with pytest.raises(MMCardioError, match="grade"):
+        ValuePrompts("lvef", "%", ("echo",), (35.0,), {"en": ("LVEF {v}%, {grade}",)})

@@ -5,7 +5,9 @@ per language (the classifier averages their embeddings). Negative phrasings stat
 counterpart as reports do ("sinus rhythm", "normal PR interval") rather than the finding's own
 words under a negation ("no atrial fibrillation"): a text tower that learned from reports alone
 has rarely seen a negated finding, and would place it next to the finding itself. Per regression target: value
-templates filled over a grid of values (EchoCLIP-style regression by prompt similarity).
+templates filled over a grid of values (EchoCLIP-style regression by prompt similarity); a template
+may also state the clinical grade of each value (`{grade}`, from guideline bands), because
+reports write "LVEF 35%, moderately reduced" and the words carry the value as much as the digits.
 Users evaluating other findings add a `FindingPrompts` to a copy of `FINDINGS`.
 """
 from __future__ import annotations
@@ -38,18 +40,40 @@ class FindingPrompts:
 
 
 @dataclass(frozen=True)
+class Band:
+    """Values from `lower` (inclusive) up to the next band's lower bound share a grade word."""
+
+    lower: float
+    words: dict[str, str]  # language -> word
+
+
+@dataclass(frozen=True)
 class ValuePrompts:
-    """Templates with a `{v}` slot for a measurement, filled over `grid`."""
+    """Templates with a `{v}` slot for a measurement (and optionally `{grade}`, the word of the
+    value's band in `bands`, ascending), filled over `grid`."""
 
     measurement: str  # key in Study.measurements
     unit: str
     modalities: tuple[str, ...]
     grid: tuple[float, ...]
     templates: dict[str, tuple[str, ...]]
+    bands: tuple[Band, ...] = ()
+
+    def __post_init__(self) -> None:
+        graded = [t for ts in self.templates.values() for t in ts if "{grade}" in t]
+        if graded and not self.bands:
+            raise MMCardioError(f"template {graded[0]!r} has a {{grade}} slot but {self.measurement} "
+                                "has no grade bands", field="bands")
+
+    def grade(self, value: float, lang: str) -> str:
+        """The word of the band `value` falls in (values below every band take the first)."""
+        band = next((b for b in reversed(self.bands) if value >= b.lower), self.bands[0])
+        return band.words[lang]
 
     def classes(self, lang: str) -> list[list[str]]:
-        """One class per grid value: every template filled with that value."""
-        return [[t.format(v=_number(v)) for t in self.templates[lang]] for v in self.grid]
+        """One class per grid value: every template filled with that value (and its grade)."""
+        return [[t.format(v=_number(v), grade=self.grade(v, lang) if self.bands else "")
+                 for t in self.templates[lang]] for v in self.grid]
 
 
 def _number(v: float) -> str:
@@ -138,11 +162,22 @@ FINDINGS: dict[str, FindingPrompts] = {f.name: f for f in (
              ("少量冠脉钙化", "轻度或无冠脉钙化", "冠脉钙化积分低")),
 )}
 
+#: LVEF grades of the ASE/EACVI 2015 chamber quantification guideline: normal from 52%,
+#: mildly reduced 41-51%, moderately reduced 30-40%, severely reduced below 30%.
+LVEF_BANDS = (Band(0.0, {"en": "severely reduced", "zh": "重度减低"}),
+              Band(30.0, {"en": "moderately reduced", "zh": "中度减低"}),
+              Band(41.0, {"en": "mildly reduced", "zh": "轻度减低"}),
+              Band(52.0, {"en": "normal", "zh": "正常"}))
+
 VALUES: dict[str, ValuePrompts] = {v.measurement: v for v in (
     ValuePrompts(
         "lvef", "%", (ECHO, CMR), tuple(float(v) for v in np.arange(10, 81, 1)),
-        {"en": ("LVEF {v}%", "left ventricular ejection fraction {v}%", "the ejection fraction is {v}%"),
-         "zh": ("左室射血分数{v}%", "LVEF {v}%", "射血分数为{v}%")}),
+        {"en": ("LVEF {v}%, {grade} systolic function",
+                "{grade} left ventricular systolic function with an ejection fraction of {v}%",
+                "the ejection fraction is {v}% ({grade})"),
+         "zh": ("LVEF {v}%，收缩功能{grade}", "左心室收缩功能{grade}，射血分数{v}%",
+                "射血分数为{v}%（{grade}）")},
+        LVEF_BANDS),
 )}
 
 
