@@ -94,9 +94,9 @@ def _regression(m: dict) -> list[str]:
     rows = [[r["measurement"], r["modality"], r["lang"], r["n"], f"{_num(r['mae'], 2)} {r['unit']}",
              _num(r["pearson_r"])] for r in m["regression"]]
     lines = ["## Regression from value prompts", "",
-             "Softmax-weighted mean of the value grid by similarity to value prompts; each prompt "
-             "states the value and its guideline grade (LVEF: ASE/EACVI 2015 bands), as reports "
-             "do.", ""]
+             ("Softmax-weighted mean of the value grid by similarity to value prompts; each prompt "
+              "states the value and its guideline grade (LVEF: ASE/EACVI 2015 bands), as reports "
+              "do."), ""]
     lines += _table(["measurement", "modality", "prompts", "n", "MAE", "Pearson r"], rows)
     lines += [f"![{name}]({png})" for name, png in m.get("plots", {}).get("values", {}).items()]
     return lines + [""]
