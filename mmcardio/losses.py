@@ -31,6 +31,9 @@ from mmcardio.modality import STUDY_MODALITIES
 
 #: The fused study embedding (attention fusion) is aligned with the text like a modality.
 STUDY = "study"
+#: With `report_views`, a second sentence sample of each report is aligned with the first
+#: like a modality: short finding phrases then land near the reports that state them.
+REPORT_VIEW = "report_view"
 LOSSES = ("clip", "siglip")
 
 
@@ -83,7 +86,8 @@ class CardioCLIPLoss(nn.Module):
     @classmethod
     def from_config(cls, config, rank: int = 0, world_size: int = 1) -> CardioCLIPLoss:
         """The loss a `CardioCLIPConfig` asks for, over exactly its towers."""
-        modalities = list(config.towers) + ([STUDY] if config.fusion == "attention" else [])
+        modalities = list(config.towers) + ([STUDY] if config.fusion == "attention" else []) \
+            + ([REPORT_VIEW] if config.report_views else [])
         return cls(config.loss, config.cross_modal_pairs, rank, world_size, modalities)
 
     def forward(

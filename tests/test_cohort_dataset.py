@@ -279,3 +279,18 @@ def test_items_carry_exam_reports_and_sample_their_sentences(cohort):
     assert len({d["ecg"]["report"] for d in draws}) > 3  # drawn anew per seed...
     assert sampled[(0, 4)]["ecg"]["report"] == draws[4]["ecg"]["report"]  # ...and reproducibly
     assert StudyDataset([study], CFG, train=False, sample_sentences=True)[0]["text"] == study.report
+
+
+def test_report_views_are_a_second_independent_sentence_sample(cohort):
+    study = read_manifest(cohort)[5]
+    study.report = "ECG: Sinus rhythm. Rate 72 bpm. PR 160 ms. Normal ECG.\nEcho: LVEF 61 %. Normal LV size."
+    dataset = StudyDataset([study], CFG, train=True, sample_sentences=True, report_views=True)
+    draws = [dataset[(0, seed)] for seed in range(30)]
+    whole = set(report_sentences(study.report))
+    assert all(set(report_sentences(d["text_view"])) <= whole for d in draws)
+    assert sum(d["text_view"] != d["text"] for d in draws) > 20  # drawn apart from the first view
+    batch = collate_studies(draws[:3])
+    assert batch["text_view"] == [d["text_view"] for d in draws[:3]]
+    assert "text_view" not in collate_studies([StudyDataset([study], CFG, train=True)[(0, 1)]])
+    with pytest.raises(ConfigError, match="sample_sentences"):
+        StudyDataset([study], CFG, train=True, report_views=True)

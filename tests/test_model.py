@@ -162,6 +162,14 @@ def test_encode_text_english_and_chinese(model):
     assert (emb @ emb.T - torch.eye(3)).abs().max() < 0.999  # three different embeddings
 
 
+def test_encode_text_keeps_input_order_across_length_buckets(model):
+    texts = [CORPUS[i % len(CORPUS)] * (1 + i % 4) for i in range(9)]  # lengths out of order
+    with torch.no_grad():
+        together = model.encode_text(texts)
+        alone = torch.cat([model.encode_text([t]) for t in texts])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
 def test_scratch_text_tower_learns_its_vocabulary_from_reports():
     model = create_model("cardioclip-tiny", towers={"ecg": LIGHT["ecg"]}, cross_modal_pairs=[],
                          preprocess={})
@@ -305,3 +313,21 @@ def test_encode_study_reads_and_preprocesses_a_study_itself(tmp_path):
     direct = model.encode_study(study)
     assert set(direct) == {"ecg", "study"}
     assert torch.allclose(direct["ecg"], by_hand["ecg"]) and direct["ecg"].shape == (64,)
+
+
+def test_report_views_align_two_sentence_samples_of_each_report():
+    model = light_model(towers={"ecg": LIGHT["ecg"]}, cross_modal_pairs=[], report_views=True).train()
+    batch = mixed_batch()
+    ecg_only = {"study_id": batch["study_id"], "text": batch["text"], "ecg": batch["ecg"]}
+    out = model({**ecg_only, "text_view": [t.split(",")[0] for t in batch["text"]]})
+    assert out["features"]["report_view"].shape == (5, 64) and out["rows"]["report_view"].tolist() == [0, 1, 2, 3, 4]
+    assert torch.allclose(out["features"]["report_view"][2], model.encode_text(["Left ventricular hypertrophy with strain."])[0], atol=1e-5)
+    loss_fn = CardioCLIPLoss.from_config(model.config)
+    assert loss_fn.modalities == ["ecg", "report_view"]
+    terms = loss_fn(**out)["losses"]
+    scale = out["logit_scale"]
+    logits = scale * out["text"] @ out["features"]["report_view"].T
+    target = torch.arange(5)
+    expected = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+    assert float(terms["report_view"]) == pytest.approx(float(expected), rel=1e-5)
+    assert "report_view" not in model(ecg_only)["features"]  # evaluation batches have no views

@@ -288,6 +288,8 @@ class StudyDataset(Dataset):
         on every access). split: keep only studies of this split (or these splits).
     train: random windows (ECG crop, echo clip start) when the key carries a seed.
     sample_sentences: in training with a seed, each report is a random subset of its sentences.
+    report_views: with sample_sentences, items also carry "text_view", a second independent
+        subset of the report's sentences (for the model's `report_views` loss term).
     modalities: load only these (e.g. ["ecg"] for the ECG MAE stage); studies with none of
         them are left out.
 
@@ -298,9 +300,12 @@ class StudyDataset(Dataset):
     def __init__(self, studies: Sequence[Study], cfg: PreprocessConfig | dict,
                  cache_dir: str | Path | None = None, split: str | Sequence[str] | None = None,
                  train: bool = True, modalities: Sequence[str] | None = None,
-                 sample_sentences: bool = False):
+                 sample_sentences: bool = False, report_views: bool = False):
         self.cfg = as_preprocess(cfg)
-        self.sample_sentences = sample_sentences
+        self.sample_sentences, self.report_views = sample_sentences, report_views
+        if report_views and not sample_sentences:
+            raise ConfigError("report_views needs sample_sentences: the two views of a report are "
+                              "two random subsets of its sentences", field="sample_sentences")
         self.modalities = list(MODALITY_NAMES if modalities is None else map(str, modalities))
         splits = {split} if isinstance(split, str) else set(split) if split is not None else None
         self.studies = [s for s in studies if (splits is None or s.split in splits)
@@ -337,6 +342,8 @@ class StudyDataset(Dataset):
             text_rng = np.random.default_rng([seed, 1])  # apart from the windows' draws
             shuffled = {t: sample_sentences(t, text_rng) for t in dict.fromkeys([study.report, *texts.values()])}
             item["text"], texts = shuffled[study.report], {m: shuffled[t] for m, t in texts.items()}
+            if self.report_views:
+                item["text_view"] = sample_sentences(study.report, text_rng)
         for m in modalities:
             item[m]["report"] = texts[m]
         return item
@@ -347,6 +354,8 @@ def collate_studies(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     `rows` (index into the batch) and `report` list. A modality no item has is an absent key.
     Echo studies with fewer clips than the batch's most are padded and masked in view_mask."""
     batch: dict[str, Any] = {"study_id": [it["study_id"] for it in items], "text": [it["text"] for it in items]}
+    if all("text_view" in it for it in items):
+        batch["text_view"] = [it["text_view"] for it in items]
     for modality in MODALITY_NAMES:
         rows = [i for i, it in enumerate(items) if modality in it]
         if not rows:

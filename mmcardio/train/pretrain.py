@@ -645,7 +645,8 @@ def _prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: 
                     out / "prepare.json", sorted(failed)[:10])
     train_studies = [s for s in _studies_for_run(cfg, studies, modalities) if s.study_id not in failed]
     dataset = StudyDataset(train_studies, preprocess, cache_dir=cache_dir, train=True, modalities=modalities,
-                           sample_sentences=cfg.sample_sentences)
+                           sample_sentences=cfg.sample_sentences,
+                           report_views=cfg.stage == "align" and model.config.report_views)
     sampler = ModalityBalancedSampler(dataset.study_modalities(), accelerator.num_processes,
                                       accelerator.process_index, cfg.seed, cfg.balance_modalities,
                                       cfg.samples_per_epoch)
