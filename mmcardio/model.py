@@ -265,7 +265,7 @@ class CardioCLIP(nn.Module):
         if self.fusion is not None and features:
             features[STUDY], rows[STUDY] = self.fuse(features, rows, len(batch["text"]))
         text, modality_text = self._encode_reports(batch)
-        if self.config.report_views and "text_view" in batch:
+        if REPORT_VIEW in modality_text:  # the views are aligned like a modality, not as its text
             features[REPORT_VIEW] = modality_text.pop(REPORT_VIEW)
             rows[REPORT_VIEW] = torch.arange(len(batch["text"]), device=self.device)
         return {
