@@ -47,6 +47,10 @@ class CardioCLIPConfig:
     report with each other (the data pipeline draws the second as "text_view"): the text
     tower must then place a sentence near the reports that contain it, including findings
     the study towers do not show yet, which gives them a text direction to learn towards.
+    cross_modal_pairs: modality pairs also aligned with each other on the studies that have
+    both: ECG with echo serves cross-modal search; echo with CMR, which image the same
+    ventricle, lets the CMR tower (fewer studies) learn size and function from the echo
+    tower as well as from its report.
     """
 
     embed_dim: int = 512

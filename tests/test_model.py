@@ -237,7 +237,8 @@ def test_config_typos_fail_naming_the_key(tmp_path):
 
 def test_attention_fusion_and_siglip_are_trained_through_the_loss():
     model = light_model(
-        fusion="attention", loss="siglip", towers={"ecg": LIGHT["ecg"], "echo": LIGHT["echo"]}
+        fusion="attention", loss="siglip", towers={"ecg": LIGHT["ecg"], "echo": LIGHT["echo"]},
+        cross_modal_pairs=[["ecg", "echo"]],
     )
     out = model(mixed_batch())
     assert out["features"]["study"].shape == (5, 64)  # every study has ECG or echo
