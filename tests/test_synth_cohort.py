@@ -209,7 +209,7 @@ def test_modalities_and_languages_as_in_hospitals(population):
         m: np.mean([m in t.modalities for t in population]) for m in ("ecg", "echo", "cmr", "ct")
     }
     assert 0.86 < share["ecg"] < 0.94 and 0.76 < share["echo"] < 0.84
-    assert 0.35 < share["cmr"] < 0.45 and 0.35 < share["ct"] < 0.45
+    assert 0.55 < share["cmr"] < 0.65 and 0.35 < share["ct"] < 0.45
     assert all(t.modalities for t in population)
     echo = [t for t in population if "echo" in t.modalities]
     assert (
