@@ -34,6 +34,11 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "
 TEXT_LENGTH_BUCKETS = 4
 
 
+#: Parameters that only one loss has: the sigmoid ("siglip") loss's learned bias. A run may
+#: start from weights trained under the other loss.
+LOSS_ONLY_PARAMETERS = frozenset({"logit_bias"})
+
+
 @dataclass
 class CardioCLIPConfig:
     """A CardioCLIP. `towers` maps modality -> encoder config (a dict, or a registry name /
@@ -183,7 +188,7 @@ class CardioCLIP(nn.Module):
         )
         self.text_head = nn.Linear(self.text.width, dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.logit_bias = (
+        self.logit_bias = (  # the sigmoid loss's bias (see LOSS_ONLY_PARAMETERS)
             nn.Parameter(torch.tensor(float(config.init_logit_bias)))
             if config.loss == "siglip"
             else None
@@ -373,14 +378,15 @@ class CardioCLIP(nn.Module):
             raise MMCardioError(f"weights do not fit {CONFIG_FILE}: {err}", weights) from None
         if absent or unexpected:
             raise MMCardioError(
-                f"weights do not fit {CONFIG_FILE}: missing {_few(absent)}, "
-                f"unexpected {_few(unexpected)}",
+                f"weights do not fit {CONFIG_FILE}: missing {few_names(absent)}, "
+                f"unexpected {few_names(unexpected)}",
                 weights,
             )
         return model.to(device)
 
 
-def _few(names: list[str], k: int = 5) -> str:
+def few_names(names: list[str], k: int = 5) -> str:
+    """The first `k` names and how many more, for error messages."""
     return f"{names[:k]}" + (f" and {len(names) - k} more" if len(names) > k else "")
 
 

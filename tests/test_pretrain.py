@@ -200,6 +200,14 @@ def test_mae_stage_trains_the_ecg_tower_only_and_reports_reconstruction(phantom,
     assert (out / "final" / "tokenizer" / "tokenizer.json").read_text() == (out / "tokenizer" / "tokenizer.json").read_text()
     aligned = build_model(load_pretrain_config(TINY, [f"init_from={out / 'final'}"]))
     assert torch.equal(aligned.state_dict()["towers.ecg.decoder.head.weight"], final["towers.ecg.decoder.head.weight"])
+    # a sigmoid-loss alignment starts from these softmax-loss weights: the bias and the
+    # temperature start from the config, every other weight from the MAE run
+    sigmoid = build_model(load_pretrain_config(TINY, [f"init_from={out / 'final'}", "loss=siglip"]))
+    assert torch.equal(sigmoid.state_dict()["towers.ecg.decoder.head.weight"], final["towers.ecg.decoder.head.weight"])
+    assert sigmoid.logit_bias.item() == sigmoid.config.init_logit_bias
+    assert sigmoid.logit_scale.item() == pytest.approx(sigmoid.config.init_logit_scale)
+    with pytest.raises(ConfigError, match="do not fit.*towers.ecg"):  # another architecture is still refused
+        build_model(load_pretrain_config(TINY, [f"init_from={out / 'final'}", "model_overrides.towers.ecg.depth=3"]))
 
 
 def test_mean_predictor_and_pearson_against_numpy():

@@ -204,10 +204,18 @@ def run_preprocess(cfg: PretrainConfig) -> PreprocessConfig:
 def build_model(cfg: PretrainConfig):
     """The CardioCLIP to train, built from the run's model config; with `init_from`, its
     weights are loaded from that saved folder (same architecture; the run's own settings,
-    e.g. preprocessing or MAE masking, stay the run's)."""
+    e.g. preprocessing or MAE masking, stay the run's). A run may change the loss (an MAE
+    run's "clip" weights into a "siglip" alignment): the loss's temperature and bias then
+    start from the model config."""
     from safetensors.torch import load_model
 
-    from mmcardio.model import WEIGHTS_FILE, CardioCLIP, build_config
+    from mmcardio.model import (
+        LOSS_ONLY_PARAMETERS,
+        WEIGHTS_FILE,
+        CardioCLIP,
+        build_config,
+        few_names,
+    )
 
     model = CardioCLIP(build_config(model_config_dict(cfg)))
     if cfg.init_from is not None:
@@ -215,11 +223,17 @@ def build_model(cfg: PretrainConfig):
         if not weights.is_file():
             raise MMCardioError(f"no {WEIGHTS_FILE}; expected a saved model folder (e.g. a run's final/)",
                                 cfg.init_from, "init_from")
+        misfit = f"the weights do not fit model {cfg.model!r} with this run's model_overrides"
         try:
-            load_model(model, str(weights), strict=True)
-        except RuntimeError as err:
-            raise ConfigError(f"the weights do not fit model {cfg.model!r} with this run's "
-                              f"model_overrides: {err}", weights, "init_from") from None
+            missing, unexpected = load_model(model, str(weights), strict=False)
+        except RuntimeError as err:  # a tensor of another shape
+            raise ConfigError(f"{misfit}: {err}", weights, "init_from") from None
+        wrong = sorted((set(missing) | set(unexpected)) - LOSS_ONLY_PARAMETERS)
+        if wrong:
+            raise ConfigError(f"{misfit} (missing or unexpected: {few_names(wrong)})", weights, "init_from")
+        if missing or unexpected:  # the loss changed: a softmax temperature is no sigmoid one
+            with torch.no_grad():
+                model.logit_scale.fill_(model.config.init_logit_scale)
     return model
 
 
