@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from mmcardio.cli import main
@@ -15,9 +16,10 @@ from mmcardio.datasets.cohort import prepare_cache
 from mmcardio.datasets.synthetic import generate_cohort
 from mmcardio.datasets.synthetic.findings import SHOWN_BY
 from mmcardio.eval.prompts import FINDINGS, VALUES
+from mmcardio.eval.zeroshot import EvalContext, linear_probe
 from mmcardio.model import create_model
 from mmcardio.retrieval import EmbeddingStore, embed_manifest
-from mmcardio.retrieval.store import labels_of
+from mmcardio.retrieval.store import labelled, labels_of
 from mmcardio.study import read_manifest, write_manifest
 
 N_STUDIES = 14
@@ -233,3 +235,17 @@ def _direct_classes(model, classes: list[list[str]]) -> np.ndarray:
 
 def test_prompt_registry_agrees_with_the_phantom_labels():
     assert {name: f.modalities for name, f in FINDINGS.items()} == SHOWN_BY
+
+
+def test_linear_probe_precision_is_its_ranking_of_the_held_out_studies(store):
+    ctx = EvalContext(store, "test", encode_text=None, logit_scale=1.0, n_bootstrap=20)
+    rows = linear_probe(ctx)
+    assert rows
+    for row in rows:
+        x_tr, y_tr, _ = labelled(*store.select(row["modality"], split="train"), row["finding"])
+        x_te, y_te, _ = labelled(*store.select(row["modality"], split="test"), row["finding"])
+        score = LogisticRegression(max_iter=1000, class_weight="balanced").fit(x_tr, y_tr).predict_proba(x_te)[:, 1]
+        depth = min(10, int(y_te.sum()))
+        top = np.argsort(-score, kind="stable")[:depth]
+        assert row["precision_at_10"] == pytest.approx(y_te[top].mean())
+        assert row["auroc"]["value"] == pytest.approx(roc_auc_score(y_te, score))

@@ -166,7 +166,9 @@ def subgroups(curves: Sequence[Curve]) -> list[dict]:
 
 
 def linear_probe(ctx: EvalContext, train_split: str = "train") -> list[dict]:
-    """Logistic regression on frozen train-split embeddings, AUROC on the evaluation split."""
+    """Logistic regression on frozen train-split embeddings: AUROC on the evaluation split,
+    and precision@10 of its ranking, the finding-query precision the embeddings allow when
+    the query direction is learned from labels rather than written as text."""
     if ctx.split in (train_split, "all"):
         return []
     rows = []
@@ -180,7 +182,8 @@ def linear_probe(ctx: EvalContext, train_split: str = "train") -> list[dict]:
             score = probe.predict_proba(x_te)[:, 1]
             rows.append({"finding": prompts.name, "modality": key, "n_train": int(y_tr.size),
                          "n_test": int(y_te.size),
-                         "auroc": M.bootstrap_ci("auroc", y_te, score, ctx.n_bootstrap, ctx.seed).as_dict()})
+                         "auroc": M.bootstrap_ci("auroc", y_te, score, ctx.n_bootstrap, ctx.seed).as_dict(),
+                         "precision_at_10": float(M.precision_at_k(score[None], y_te[None] == 1)[0])})
     return rows
 
 
@@ -232,6 +235,8 @@ def summarise(results: dict) -> dict:
         "retrieval": {"precision_at_10": precision["en"],
                       "precision_at_10_zh": precision["zh"],
                       "zh_en_gap": precision["zh"] - precision["en"],
+                      "probe_precision_at_10": _nanmean([r["precision_at_10"] for r in results["linear_probe"]
+                                                         if r["modality"] != "study"]),
                       "precision_at_10_study": _nanmean(
                           [r["precision_at_10"] for r in results["finding_queries"]
                            if r["lang"] == "en" and r["modality"] == "study"])},
