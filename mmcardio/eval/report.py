@@ -62,9 +62,14 @@ def _summary(m: dict) -> list[str]:
     return ["## Summary", "", *_table(["metric", "value"], rows)]
 
 
+def _probes(m: dict) -> dict[tuple[str, str], dict]:
+    """The linear-probe rows by (finding, modality)."""
+    return {(r["finding"], r["modality"]): r for r in m["linear_probe"]}
+
+
 def _classification(m: dict) -> list[str]:
     by_key = {(r["lang"], r["finding"], r["modality"]): r for r in m["classification"]}
-    probe = {(r["finding"], r["modality"]): r for r in m["linear_probe"]}
+    probe = _probes(m)
     roc = m.get("plots", {}).get("roc", {})
     lines = ["## Zero-shot classification", "",
              (f"AUROC and AUPRC with 95% bootstrap CIs; ECE over {m['ece_bins']} equal-width "
@@ -118,7 +123,7 @@ def _retrieval(m: dict) -> list[str]:
     if "ranks" in m.get("plots", {}):
         lines += [f"![retrieval ranks]({m['plots']['ranks']})", ""]
     by_query = {(q["lang"], q["finding"], q["modality"]): q for q in m["finding_queries"]}
-    probe = {(r["finding"], r["modality"]): r for r in m["linear_probe"]}
+    probe = _probes(m)
     rows = [[finding, key, f"{q['n_candidates']} ({q['n_relevant']})", _num(q["precision_at_10"]),
              _num(by_query.get(("zh", finding, key), {}).get("precision_at_10", math.nan)),
              _num(probe.get((finding, key), {}).get("precision_at_10", math.nan))]
