@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.losses import CardioCLIPLoss
@@ -216,6 +217,29 @@ def test_from_pretrained_names_the_folder_and_what_is_wrong(model, tmp_path):
     )
     with pytest.raises(MMCardioError, match="do not fit config.json"):
         CardioCLIP.from_pretrained(folder)
+
+
+def test_search_queries_are_centred_on_the_mean_sentence(tmp_path):
+    model = light_model()
+    query = ["atrial fibrillation", "左心室射血分数降低"]
+    with torch.no_grad():
+        assert torch.allclose(model.encode_query(query), model.encode_text(query), atol=1e-6)  # zero centre
+        centre = model.fit_query_center(CORPUS, batch_size=2).clone()
+        assert torch.allclose(centre, model.encode_text(CORPUS).mean(0), atol=1e-6)
+        expected = torch.nn.functional.normalize(model.encode_text(query) - centre, dim=-1)
+        assert torch.allclose(model.encode_query(query), expected, atol=1e-6)
+    folder = model.save_pretrained(tmp_path / "centred")
+    loaded = CardioCLIP.from_pretrained(folder)
+    assert torch.equal(loaded.query_center, centre)
+    # weights saved before the centre existed still load, uncentred; other gaps are named
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "query_center"}, folder / "model.safetensors")
+    assert not CardioCLIP.from_pretrained(folder).query_center.any()
+    save_file({k: v for k, v in weights.items() if k != "text_head.weight"}, folder / "model.safetensors")
+    with pytest.raises(MMCardioError, match=r"missing \['text_head.weight'\], unexpected \[\]"):
+        CardioCLIP.from_pretrained(folder)
+    with pytest.raises(MMCardioError, match="no sentences"):
+        model.fit_query_center([])
 
 
 def test_config_typos_fail_naming_the_key(tmp_path):

@@ -20,6 +20,7 @@ from mmcardio.datasets.cohort import prepare_cache
 from mmcardio.datasets.synthetic import generate_cohort
 from mmcardio.errors import ConfigError
 from mmcardio.model import CardioCLIP
+from mmcardio.sentences import report_sentences
 from mmcardio.study import read_manifest
 from mmcardio.train.pretrain import (
     PretrainObjective,
@@ -143,6 +144,12 @@ def test_align_run_logs_decreasing_loss_and_saves_a_loadable_model(phantom, tmp_
     learned = json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     assert model.text.tokenizer.get_vocab() == learned and "sinus" in learned
     assert torch.linalg.vector_norm(emb["study"]).item() == pytest.approx(1.0, abs=1e-4)
+    # search queries are centred on the mean of the training reports' distinct sentences
+    training = [s for s in read_manifest(phantom / "cohort" / "manifest.csv") if s.split == "train"]
+    sentences = sorted({x for s in training for t in (s.report, *s.reports.values()) for x in report_sentences(t)})
+    with torch.no_grad():
+        mean = torch.cat([model.encode_text(sentences[i:i + 64]) for i in range(0, len(sentences), 64)]).mean(0)
+    assert torch.allclose(model.query_center, mean, atol=1e-5) and mean.norm() > 0.1
 
 
 def test_resume_ends_with_the_same_weights(phantom, tmp_path):

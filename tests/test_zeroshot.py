@@ -20,6 +20,7 @@ from mmcardio.eval.zeroshot import EvalContext, linear_probe
 from mmcardio.model import create_model
 from mmcardio.retrieval import EmbeddingStore, embed_manifest
 from mmcardio.retrieval.store import labelled, labels_of
+from mmcardio.sentences import report_sentences
 from mmcardio.study import read_manifest, write_manifest
 
 N_STUDIES = 14
@@ -35,10 +36,13 @@ def world(tmp_path_factory):
 
 
 def untrained_model(manifest, seed: int):
-    """The tiny CardioCLIP with random weights, its text vocabulary learned from the reports."""
+    """The tiny CardioCLIP with random weights, its text vocabulary learned from the reports
+    and its search queries centred on their sentences (as alignment leaves them)."""
     torch.manual_seed(seed)
     model = create_model("cardioclip-tiny")
-    model.text.fit_tokenizer([s.report for s in read_manifest(manifest)])
+    reports = [s.report for s in read_manifest(manifest)]
+    model.text.fit_tokenizer(reports)
+    model.fit_query_center(sorted({x for r in reports for x in report_sentences(r)}))
     return model
 
 
@@ -143,7 +147,7 @@ def test_index_and_retrieve_english_chinese_and_cross_modal(world, store, capsys
         result = _run(capsys, "retrieve", "--index", world / "index", query, "--k", "5")
         hits = result["hits"]
         with torch.inference_mode():
-            q = model.encode_text([query])[0].numpy()
+            q = model.encode_query([query])[0].numpy()
         expected = np.argsort(-(vectors @ q), kind="stable")[:5]
         assert [h["study_id"] for h in hits] == list(meta["study_id"].iloc[expected])
         np.testing.assert_allclose([h["score"] for h in hits], (vectors @ q)[expected], atol=1e-4)
@@ -201,17 +205,23 @@ def test_zeroshot_writes_metrics_report_and_plots(world, store, capsys):
     assert lang["n_pairs"] == N_STUDIES
     assert lang["mrr_gap"] == pytest.approx(lang["zh"]["MRR"] - lang["en"]["MRR"])
 
-    # one finding query recomputed by brute force: share of the top min(10, R) with the finding
-    query = next(q for q in saved["finding_queries"] if q["lang"] == "zh" and q["modality"] == "ecg")
-    vectors, meta = store.select("ecg")
-    labels = np.array([labels_of(m).get(query["finding"], -1) for _, m in meta.iterrows()])
-    vectors, has = vectors[labels >= 0], labels[labels >= 0] == 1
-    with torch.inference_mode():
-        phrasings = torch.nn.functional.normalize(
-            model.encode_text(list(FINDINGS[query["finding"]].positive["zh"])), dim=-1).numpy()
-    depth = min(10, int(has.sum()))
-    shares = [has[np.argsort(-(vectors @ q), kind="stable")[:depth]].mean() for q in phrasings]
-    assert query["n_relevant"] == has.sum() and query["precision_at_10"] == pytest.approx(np.mean(shares))
+    # every finding query recomputed by brute force, as search queries (centred): share of
+    # the top min(10, R) with the finding; uncentred text embeddings would rank otherwise
+    assert model.query_center.norm() > 0.1
+    uncentred = []
+    for query in saved["finding_queries"]:
+        vectors, meta = store.select(query["modality"])
+        labels = np.array([labels_of(m).get(query["finding"], -1) for _, m in meta.iterrows()])
+        vectors, has = vectors[labels >= 0], labels[labels >= 0] == 1
+        depth = min(10, int(has.sum()))
+        phrasings = list(FINDINGS[query["finding"]].positive[query["lang"]])
+        with torch.inference_mode():
+            centred, plain = model.encode_query(phrasings).numpy(), model.encode_text(phrasings).numpy()
+        shares = [[has[np.argsort(-(vectors @ q), kind="stable")[:depth]].mean() for q in qs]
+                  for qs in (centred, plain)]
+        assert query["n_relevant"] == has.sum() and query["precision_at_10"] == pytest.approx(np.mean(shares[0]))
+        uncentred.append(np.mean(shares[1]))
+    assert uncentred != pytest.approx([q["precision_at_10"] for q in saved["finding_queries"]])
     summary = saved["summary"]["retrieval"]
     assert summary["zh_en_gap"] == pytest.approx(summary["precision_at_10_zh"] - summary["precision_at_10"])
 

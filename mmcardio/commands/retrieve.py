@@ -18,8 +18,9 @@ def register(sub) -> None:
             Search an index built by `mmcardio index`.
 
             With QUERY (report text in English or Chinese, e.g. "atrial fibrillation" or
-            "左室射血分数降低") the model embeds the text and the chosen modality's embeddings
-            are ranked by cosine similarity. With --like STUDY_ID the stored embedding of that
+            "左室射血分数降低") the model embeds the text as a search query (centred on the
+            mean sentence of its training reports) and the chosen modality's embeddings are
+            ranked by similarity to it. With --like STUDY_ID the stored embedding of that
             study is the query (its --from modality, default the fused study embedding): with
             --from ecg --modality echo it finds echo studies that look like this ECG. The query
             study itself is never returned."""),

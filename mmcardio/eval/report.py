@@ -17,7 +17,8 @@ P_AT_10_DEFINITION = (
     "study does not state counts as a mismatch; queries stating no such finding are left out.")
 FINDING_QUERY_DEFINITION = (
     "Each positive phrasing of a finding (the prompt registry's, EN and ZH twins) ranks the "
-    "split's studies by one embedding; P@10 is the share of the first min(10, R) retrieved "
+    "split's studies by one embedding, embedded as a search query (centred on the mean "
+    "training sentence, `CardioCLIP.encode_query`); P@10 is the share of the first min(10, R) retrieved "
     "that have the finding, R being the number of studies with it, averaged over phrasings. "
     "The linear probe's P@10 ranks by the logistic regression fitted on the train split's "
     "labels instead: what the embeddings allow, so a gap to it lies on the text side.")

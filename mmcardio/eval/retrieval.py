@@ -102,17 +102,17 @@ def language_gap(store: EmbeddingStore, split: str, encode_text: Callable[[list[
     return out
 
 
-def finding_queries(store: EmbeddingStore, split: str, encode_text: Callable[[list[str]], np.ndarray],
+def finding_queries(store: EmbeddingStore, split: str, encode_query: Callable[[list[str]], np.ndarray],
                     lang: str, k: int = 10) -> list[dict[str, Any]]:
     """Report-to-study search by finding, as a clinician queries ("atrial fibrillation"):
     each positive phrasing of each finding in `lang` ranks the `split` studies by the
     embedding of every modality that can show it, and of the fused study. Precision@k is the
     share of retrieved studies that have the finding (`metrics.precision_at_k`), averaged
     over the phrasings; the phrasings of both languages are twins, so the languages compare
-    query for query."""
+    query for query. `encode_query` embeds search queries (`CardioCLIP.encode_query`)."""
     rows = []
     for prompts in FINDINGS.values():
-        queries = np.asarray(encode_text(list(prompts.positive[lang])), dtype=float)
+        queries = np.asarray(encode_query(list(prompts.positive[lang])), dtype=float)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-12)
         for key in [m for m in (*prompts.modalities, "study") if m in store.keys]:
             vectors, y, _ = labelled(*store.select(key, split=split), prompts.name)

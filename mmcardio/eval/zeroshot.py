@@ -4,7 +4,8 @@ Classification: per finding, positive and negative prompts are embedded, average
 renormalised (as open_clip's `build_zero_shot_classifier`); a study's probability is the softmax
 over the two class logits with the model's logit scale. Regression (EchoCLIP-style): similarity
 to value prompts over a grid, softmax-weighted (or top-k) mean of the grid values. Retrieval:
-report text <-> study embeddings both directions. Plus a linear-probe baseline, calibration,
+report text <-> study embeddings both directions, and finding queries ("atrial fibrillation")
+embedded as search queries (`CardioCLIP.encode_query`). Plus a linear-probe baseline, calibration,
 subgroup AUROC by sex and age band, and the Chinese-vs-English gap.
 
 Outputs in the output folder: metrics.json, report.md and PNG plots.
@@ -95,7 +96,8 @@ def predict_values(vectors: np.ndarray, value_classes: np.ndarray, grid: Sequenc
 
 @dataclass
 class EvalContext:
-    """What every evaluation step needs: the embeddings, the split and a text encoder."""
+    """What every evaluation step needs: the embeddings, the split and a text encoder (of
+    prompts and reports), and the encoder of search queries (default: the same)."""
 
     store: EmbeddingStore
     split: str
@@ -106,6 +108,7 @@ class EvalContext:
     ece_bins: int = 10
     progress: bool = False
     heads: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    encode_query: TextEncoder | None = None
 
     def keys_for(self, modalities: Sequence[str]) -> list[str]:
         """Store keys among `modalities`, plus the fused "study" embedding."""
@@ -261,12 +264,13 @@ def _nanmax(values: Sequence[float]) -> float:
 
 # --- entry point -----------------------------------------------------------------------------
 
-def model_text_encoder(model) -> TextEncoder:
-    """`encode_text` of a CardioCLIP as a numpy function (no gradients)."""
-    def encode(texts: list[str]) -> np.ndarray:
+def numpy_encoder(encode: Callable[[list[str]], torch.Tensor]) -> TextEncoder:
+    """A CardioCLIP's text method (`encode_text`, `encode_query`) as a numpy function
+    (no gradients)."""
+    def run(texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
-            return model.encode_text(list(texts)).float().cpu().numpy()
-    return encode
+            return encode(list(texts)).float().cpu().numpy()
+    return run
 
 
 def model_logit_scale(model) -> float:
@@ -299,8 +303,8 @@ def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str |
         raise MMCardioError(f"no study in split {split!r}; the manifest has splits "
                             f"{sorted(set(emb.meta['split']))} (or use 'all')", manifest, "split")
     model = load_model(model_folder, accelerator.device if accelerator else "cpu")
-    ctx = EvalContext(emb, split, model_text_encoder(model), model_logit_scale(model), n_bootstrap,
-                      seed, progress=progress)
+    ctx = EvalContext(emb, split, numpy_encoder(model.encode_text), model_logit_scale(model), n_bootstrap,
+                      seed, progress=progress, encode_query=numpy_encoder(model.encode_query))
     evaluation = run_evaluation(ctx, read_truth(Path(truth) if truth else manifest.parent / "truth.jsonl"),
                                 regression_top_k)
     evaluated = emb.meta if split == "all" else emb.meta[emb.meta["split"] == split]
@@ -346,7 +350,7 @@ def run_evaluation(ctx: EvalContext, truth: dict[str, dict],
                "subgroups": subgroups([c for c in curves if c.lang == "en"]),
                "regression": regression, "retrieval": retrieval_results,
                "finding_queries": [row for lang in LANGUAGES for row in
-                                   finding_queries(ctx.store, ctx.split, ctx.encode_text, lang)],
+                                   finding_queries(ctx.store, ctx.split, ctx.encode_query or ctx.encode_text, lang)],
                "language": language_gap(ctx.store, ctx.split, ctx.encode_text, truth)}
     metrics["summary"] = summarise(metrics)
     return Evaluation(metrics, curves, points, ranks)

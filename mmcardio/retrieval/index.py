@@ -255,11 +255,11 @@ class Retriever:
         return self._model
 
     def encode_query(self, query: str) -> np.ndarray:
+        """The model's search-query embedding of `query` (`CardioCLIP.encode_query`), [1, D]."""
         import torch
 
         with torch.inference_mode():
-            vec = self.model.encode_text([query])
-        return torch.nn.functional.normalize(vec.float(), dim=-1).cpu().numpy()
+            return self.model.encode_query([query]).float().cpu().numpy()
 
     def search_text(self, query: str, k: int = 10, modality: str = "study") -> list[Hit]:
         """Studies whose `modality` embedding is closest to the report-text `query`."""

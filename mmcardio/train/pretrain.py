@@ -47,6 +47,7 @@ from mmcardio.datasets.cohort import (
 from mmcardio.datasets.transforms import PreprocessConfig, dict_differences
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import atomic_path, write_json, write_text
+from mmcardio.sentences import report_sentences
 from mmcardio.study import Study, read_manifest
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ def build_model(cfg: PretrainConfig):
 
     from mmcardio.model import (
         LOSS_ONLY_PARAMETERS,
+        OPTIONAL_STATE,
         WEIGHTS_FILE,
         CardioCLIP,
         build_config,
@@ -228,10 +230,11 @@ def build_model(cfg: PretrainConfig):
             missing, unexpected = load_model(model, str(weights), strict=False)
         except RuntimeError as err:  # a tensor of another shape
             raise ConfigError(f"{misfit}: {err}", weights, "init_from") from None
-        wrong = sorted((set(missing) | set(unexpected)) - LOSS_ONLY_PARAMETERS)
+        misfits = set(missing) | set(unexpected)
+        wrong = sorted(misfits - LOSS_ONLY_PARAMETERS - OPTIONAL_STATE)
         if wrong:
             raise ConfigError(f"{misfit} (missing or unexpected: {few_names(wrong)})", weights, "init_from")
-        if missing or unexpected:  # the loss changed: a softmax temperature is no sigmoid one
+        if misfits & LOSS_ONLY_PARAMETERS:  # the loss changed: a softmax temperature is no sigmoid one
             with torch.no_grad():
                 model.logit_scale.fill_(model.config.init_logit_scale)
     return model
@@ -477,8 +480,10 @@ def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Pat
     return final
 
 
-def save_final(accelerator, objective: PretrainObjective, folder: Path) -> None:
-    """`save_pretrained` folder of the full model (gathered first when sharded)."""
+def save_final(accelerator, objective: PretrainObjective, folder: Path,
+               query_sentences: list[str] | None = None) -> None:
+    """`save_pretrained` folder of the full model (gathered first when sharded), its search
+    queries centred on `query_sentences` when given (`CardioCLIP.fit_query_center`)."""
     from accelerate.utils import DistributedType
 
     from mmcardio.model import CardioCLIP
@@ -489,10 +494,16 @@ def save_final(accelerator, objective: PretrainObjective, folder: Path) -> None:
         if accelerator.is_main_process:
             full = CardioCLIP(model.config)
             full.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-            full.save_pretrained(folder)
+            _save_centred(full, folder, query_sentences)
     elif accelerator.is_main_process:
-        model.save_pretrained(folder)
+        _save_centred(model, folder, query_sentences)
     accelerator.wait_for_everyone()
+
+
+def _save_centred(model: nn.Module, folder: Path, query_sentences: list[str] | None) -> None:
+    if query_sentences:
+        model.fit_query_center(query_sentences)
+    model.save_pretrained(folder)
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -577,7 +588,8 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
     if not finished and not (out / "checkpoints" / f"step_{state.step}").is_dir():
         save_checkpoint(accelerator, out, state, cfg.keep_checkpoints)  # a stop is always resumable
     if finished:
-        save_final(accelerator, run.objective, out / "final")
+        save_final(accelerator, run.objective, out / "final",
+                   _training_sentences(cfg, manifest) if cfg.stage == "align" else None)
     model = accelerator.unwrap_model(run.objective).model
     _write_rank_file(accelerator, out, model, state)
     if accelerator.is_main_process:
@@ -594,6 +606,11 @@ def _training_reports(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
     """Whole and exam reports of the training studies."""
     studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
     return [t for s in studies for t in (s.report, *s.reports.values()) if t]
+
+
+def _training_sentences(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
+    """The distinct sentences of the training reports, sorted (the same on every run)."""
+    return sorted({s for t in _training_reports(cfg, manifest) for s in report_sentences(t)})
 
 
 def _fit_text_tokenizer(accelerator, model: nn.Module, cfg: PretrainConfig, manifest: str | Path,
