@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,14 @@ class CardioCLIP(nn.Module):
             save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
             self.text.save_tokenizer(tmp / TOKENIZER_DIR)
         return folder
+
+    def empty_like(self) -> CardioCLIP:
+        """A fresh model of the same architecture, text tokenizer and vocabulary included
+        (a scratch tower's learned WordPiece and words added by `extend_vocabulary`), to load
+        this model's gathered state dict into. `CardioCLIP(self.config)` would lack both."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.text.save_tokenizer(Path(tmp))
+            return type(self)(self.config, text_folder=tmp)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> CardioCLIP:

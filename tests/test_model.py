@@ -202,6 +202,23 @@ def test_save_and_load_round_trip_gives_identical_embeddings(model, tmp_path):
     assert isinstance(create_model(folder), CardioCLIP)  # the factory loads folders too
 
 
+def test_empty_like_takes_a_learned_and_extended_vocabulary(tmp_path):
+    """What a sharded run's final save builds to load the gathered weights into."""
+    trained = light_model()
+    added = trained.text.extend_vocabulary(["心肌梗死。", "前壁心肌梗死。"], min_count=2)
+    assert set(added) >= {"梗", "死", "肌"}
+    twin = trained.empty_like()
+    twin.load_state_dict(trained.state_dict())  # same shapes, the grown embedding table included
+    twin.eval()
+    text = ["前壁心肌梗死", "Sinus rhythm, rate 72 bpm."]
+    with torch.no_grad():
+        assert torch.equal(twin.encode_text(text), trained.encode_text(text))
+        twin.fit_query_center(CORPUS)
+    loaded = CardioCLIP.from_pretrained(twin.save_pretrained(tmp_path / "twin"))
+    assert torch.equal(loaded.query_center, twin.query_center)
+    assert len(loaded.text.tokenizer) == len(trained.text.tokenizer)
+
+
 def test_from_pretrained_names_the_folder_and_what_is_wrong(model, tmp_path):
     with pytest.raises(MMCardioError, match="not a folder"):
         CardioCLIP.from_pretrained(tmp_path / "absent")

@@ -486,13 +486,11 @@ def save_final(accelerator, objective: PretrainObjective, folder: Path,
     queries centred on `query_sentences` when given (`CardioCLIP.fit_query_center`)."""
     from accelerate.utils import DistributedType
 
-    from mmcardio.model import CardioCLIP
-
     model = accelerator.unwrap_model(objective).model
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         state = accelerator.get_state_dict(objective)  # collective: every rank calls it
         if accelerator.is_main_process:
-            full = CardioCLIP(model.config)
+            full = model.empty_like()
             full.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
             _save_centred(full, folder, query_sentences)
     elif accelerator.is_main_process:
