@@ -257,7 +257,9 @@ class CardioCLIP(nn.Module):
 
     def encode(self, modality: str, inputs: dict | torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings [n, D] of one modality: the batch's dict for it (its `rows`
-        are ignored) or just the main tensor (ECG signal, echo frames, CMR cine, CT volume)."""
+        are ignored) or just the main tensor (ECG signal, echo frames, CMR cine, CT volume). A main
+        tensor with a window axis after the batch axis (ECG [n, W, 12, S], see
+        `ECGPreprocess.windows`) gives each study the renormalised mean of its windows."""
         return self._embed(modality, inputs)[0]
 
     def _embed(
@@ -272,9 +274,21 @@ class CardioCLIP(nn.Module):
             raise ValueError(
                 f"{modality} inputs need {tower.input_keys[0]!r}, got keys {sorted(inputs)}"
             )
-        out = tower(**{k: inputs[k].to(self.device) for k in tower.input_keys if k in inputs})
+        main = tower.input_keys[0]
+        inputs = {k: inputs[k].to(self.device) for k in tower.input_keys if k in inputs}
+        # main input [n, W, ...]: W inference windows of each recording (`sample_ecg`),
+        # embedded one by one and averaged
+        windows = inputs[main].shape[1] if inputs[main].ndim > tower.input_ndim else 0
+        if windows:
+            inputs = {k: v.flatten(0, 1) if k == main else v.repeat_interleave(windows, 0)
+                      for k, v in inputs.items()}
+        out = tower(**inputs)
         emb, extra = out if isinstance(out, tuple) else (out, None)
-        return F.normalize(self.heads[modality](emb), dim=-1), extra
+        emb = F.normalize(self.heads[modality](emb), dim=-1)
+        if windows:
+            emb = F.normalize(emb.unflatten(0, (-1, windows)).mean(1), dim=-1)
+            extra = None if extra is None else extra.unflatten(0, (-1, windows)).mean(1)
+        return emb, extra
 
     def fuse(
         self, features: dict[str, torch.Tensor], rows: dict[str, torch.Tensor], batch_size: int
@@ -437,7 +451,9 @@ def _as_batch_of_one(tower: nn.Module, inputs: dict | torch.Tensor) -> dict:
     if not isinstance(inputs, dict):
         inputs = {tower.input_keys[0]: inputs}
     inputs = {k: torch.as_tensor(v) for k, v in inputs.items() if k in tower.input_keys}
-    unbatched = inputs[tower.input_keys[0]].ndim == tower.input_ndim - 1
+    main = inputs[tower.input_keys[0]]
+    # one study: [...] alone, or its inference windows [W, ...] (W > 1 is no batch of one)
+    unbatched = main.ndim == tower.input_ndim - 1 or (main.ndim == tower.input_ndim and len(main) > 1)
     return {k: v.unsqueeze(0) for k, v in inputs.items()} if unbatched else inputs
 
 

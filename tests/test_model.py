@@ -152,6 +152,21 @@ def test_encode_study_matches_batch_encoding_and_fuses_by_mean(model):
         model.encode_study({"mri": torch.zeros(1)})
 
 
+def test_ecg_windows_of_a_recording_embed_as_their_renormalised_mean(model):
+    g = torch.Generator().manual_seed(3)
+    windows = torch.randn(2, 3, 12, 1000, generator=g) * 0.3  # 2 studies, 3 windows each
+    lead_mask = torch.ones(2, 12, dtype=torch.bool)
+    lead_mask[1, 6:] = False
+    with torch.no_grad():
+        each = model.encode("ecg", {"signal": windows.flatten(0, 1),
+                                    "lead_mask": lead_mask.repeat_interleave(3, 0)})
+        pooled = model.encode("ecg", {"signal": windows, "lead_mask": lead_mask})
+        single = model.encode_study({"ecg": {"signal": windows[1], "lead_mask": lead_mask[1]}})
+    expected = torch.nn.functional.normalize(each.unflatten(0, (2, 3)).mean(1), dim=-1)
+    assert pooled.shape == (2, 64) and torch.allclose(pooled, expected, atol=1e-6)
+    assert torch.allclose(single["ecg"], expected[1], atol=1e-6)  # one study's [W, 12, S]
+
+
 def test_encode_text_english_and_chinese(model):
     texts = ["Left ventricular ejection fraction is reduced.", "左心室射血分数降低。", "心房颤动"]
     tokens = model.tokenize(texts)

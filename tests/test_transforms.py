@@ -21,6 +21,7 @@ from mmcardio.datasets.transforms import (
     preprocess_echo,
     random_shift,
     sample_cmr,
+    sample_ecg,
 )
 from mmcardio.errors import ConfigError, ReaderError
 from mmcardio.modality import ECHO_VIEWS
@@ -111,6 +112,20 @@ def test_crop_or_pad_center_random_and_pad():
     starts = {int(crop_or_pad(x, 4, np.random.default_rng(s))[0, 0]) for s in range(50)}
     assert starts == set(range(7))  # every valid start, none outside
     assert crop_or_pad(x, 14).tolist() == [[0, 0] + list(range(10)) + [0, 0]]
+
+
+def test_ecg_inference_windows_cover_the_recording_and_training_draws_one():
+    prepared = {"signal": torch.arange(10.0).repeat(12, 1), "lead_mask": torch.ones(12, dtype=torch.bool)}
+    cfg = ECGPreprocess(fs=250.0, samples=4, windows=3)
+    windows = sample_ecg(prepared, cfg)["signal"]
+    assert windows.shape == (3, 12, 4)
+    assert windows[:, 0, 0].tolist() == [0.0, 3.0, 6.0]  # at the start, the centre, the end
+    assert sample_ecg(prepared, cfg, np.random.default_rng(0))["signal"].shape == (12, 4)
+    one = ECGPreprocess(fs=250.0, samples=4)
+    assert sample_ecg(prepared, one)["signal"][0].tolist() == [3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(ConfigError, match="at least 1 inference window") as err:
+        PreprocessConfig.from_dict({"ecg": {"windows": 0}})
+    assert err.value.field == "preprocess.ecg.windows"
 
 
 def test_echo_time_resampling_by_timestamps():

@@ -47,15 +47,23 @@ from mmcardio.records import ECG, STANDARD_LEADS, Video, Volume
 @dataclass
 class ECGPreprocess:
     """ECG: resample to `fs`, band-pass (+ optional notch), place leads in the 12 standard rows,
-    then a window of `samples` (center at inference, random in training)."""
+    then a window of `samples`: random in training; at inference `windows` evenly spaced ones
+    (the first at the start, the last at the end of the recording; one: the centre), whose
+    embeddings the model averages, so a 10 s ECG read 5 s at a time is read whole."""
 
     fs: float | None = None
     samples: int | None = None
+    windows: int = 1
     bandpass_hz: list[float] | None = field(default_factory=lambda: [0.5, 40.0])
     filter_order: int = 4
     notch_hz: float | None = None  # 50 or 60 (mains); None = no notch
     notch_quality: float = 30.0
     standardize: bool = False  # per-lead z-score; False keeps millivolts
+
+    def __post_init__(self) -> None:
+        if self.windows < 1:
+            raise ConfigError(f"expected at least 1 inference window, got {self.windows}",
+                              field="preprocess.ecg.windows")
 
 
 @dataclass
@@ -156,7 +164,7 @@ class PreprocessConfig:
 MODEL_SIZES = ("fs", "samples", "frames", "size", "max_views", "phases", "slices", "shape")
 #: Window lengths and training augmentations, applied by `sample_*` after the cacheable stage
 #: (a cache serves any of them).
-WINDOW_KEYS = {"ecg": ("samples",), "echo": ("frames", "max_shift_px"),
+WINDOW_KEYS = {"ecg": ("samples", "windows"), "echo": ("frames", "max_shift_px"),
                "cmr": ("max_shift_px", "roll_phases"), "ct": ("max_shift_vox",)}
 
 
@@ -235,18 +243,25 @@ def prepare_ecg(ecg: ECG, cfg: ECGPreprocess) -> dict[str, torch.Tensor]:
     return {"signal": torch.from_numpy(out), "lead_mask": torch.from_numpy(mask)}
 
 
-def window_start(length: int, size: int, rng: np.random.Generator | None) -> int:
-    """Start of a `size` window in `length`: centered, or uniform when `rng` is given."""
+def window_start(length: int, size: int, rng: np.random.Generator | None, position: float = 0.5) -> int:
+    """Start of a `size` window in `length`: uniform when `rng` is given, else at `position`
+    (0 = at the start, 0.5 = centered, 1 = ending at the end)."""
     if length <= size:
         return 0
-    return int(rng.integers(0, length - size + 1)) if rng is not None else (length - size) // 2
+    return int(rng.integers(0, length - size + 1)) if rng is not None else int((length - size) * position)
 
 
-def crop_or_pad(x: torch.Tensor, size: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+def window_positions(windows: int) -> np.ndarray:
+    """`window_start` positions of `windows` evenly spaced windows (one: the centre)."""
+    return np.linspace(0.0, 1.0, windows) if windows > 1 else np.array([0.5])
+
+
+def crop_or_pad(x: torch.Tensor, size: int, rng: np.random.Generator | None = None,
+                position: float = 0.5) -> torch.Tensor:
     """Window of `size` along the last axis; shorter inputs are zero-padded on both sides."""
     length = x.shape[-1]
     if length >= size:
-        start = window_start(length, size, rng)
+        start = window_start(length, size, rng, position)
         return x[..., start:start + size]
     before = (size - length) // 2
     return torch.nn.functional.pad(x, (before, size - length - before))
@@ -254,12 +269,19 @@ def crop_or_pad(x: torch.Tensor, size: int, rng: np.random.Generator | None = No
 
 def sample_ecg(prepared: dict[str, torch.Tensor], cfg: ECGPreprocess,
                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    return {"signal": crop_or_pad(prepared["signal"], cfg.samples, rng),
-            "lead_mask": prepared["lead_mask"]}
+    """signal [12, samples] (one window: in training, or with `cfg.windows` 1) or
+    [windows, 12, samples] (inference), and lead_mask [12]."""
+    signal = prepared["signal"]
+    if rng is None and cfg.windows > 1:
+        signal = torch.stack([crop_or_pad(signal, cfg.samples, None, p) for p in window_positions(cfg.windows)])
+    else:
+        signal = crop_or_pad(signal, cfg.samples, rng)
+    return {"signal": signal, "lead_mask": prepared["lead_mask"]}
 
 
 def preprocess_ecg(ecg: ECG, cfg: ECGPreprocess, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """signal [12, cfg.samples] and lead_mask [12] (center window unless `rng` is given)."""
+    """`sample_ecg` of the prepared recording: signal [12, cfg.samples] (or [windows, 12,
+    cfg.samples] at inference) and lead_mask [12]."""
     return sample_ecg(prepare_ecg(ecg, cfg), cfg, rng)
 
 

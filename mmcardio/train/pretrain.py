@@ -709,7 +709,8 @@ def _prepare_training(cfg: PretrainConfig, accelerator, model: nn.Module, data: 
     loss_fn = CardioCLIPLoss.from_config(model.config, accelerator.process_index, accelerator.num_processes) \
         if cfg.stage == "align" else None
     objective = PretrainObjective(model, cfg.stage, loss_fn, cfg.mae_mask_ratio).to(accelerator.device)
-    first = collate_studies([data.dataset[i] for i in range(min(cfg.batch_size, len(data.dataset)))])
+    # (index, seed) keys: training items (one random ECG window each), as the sampler yields
+    first = collate_studies([data.dataset[(i, cfg.seed)] for i in range(min(cfg.batch_size, len(data.dataset)))])
     flops = measure_flops(objective, send_to_device(first, accelerator.device))
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(param_groups(objective, opt.weight_decay), lr=opt.lr,
@@ -844,7 +845,9 @@ def _evaluate_held_out(cfg: PretrainConfig, model: nn.Module, data: RunData) -> 
     held_out = [s for s in data.studies if s.split in cfg.eval_splits and s.ecg and s.study_id not in data.failed]
     if not held_out:
         return {"error": f"no {'/'.join(cfg.eval_splits)} study with an ECG to evaluate on"}
-    dataset = StudyDataset(held_out, data.preprocess, cache_dir=data.cache_dir, train=False, modalities=["ecg"])
+    # reconstruction is judged on one (the centre) window per ECG, as the MAE stage reads them
+    one_window = dataclasses.replace(data.preprocess, ecg=dataclasses.replace(data.preprocess.ecg, windows=1))
+    dataset = StudyDataset(held_out, one_window, cache_dir=data.cache_dir, train=False, modalities=["ecg"])
     return evaluate_mae(model, dataset, seed=cfg.seed, mask_ratio=cfg.mae_mask_ratio)
 
 
