@@ -1,6 +1,8 @@
 """Every `mmcardio` command's --help renders, teaches its usage and offers --json."""
 import contextlib
 import io
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +30,12 @@ def test_command_help_renders_usage_json_and_plain_percent_signs(name):
     assert "--json" in text
     # argparse %-formats help= strings but prints descriptions verbatim: "%%" there is a typo
     assert "%%" not in text
+
+
+def test_parser_loads_neither_torch_nor_faiss():
+    # `mmcardio --help` and the parse of every command stay quick: the heavy libraries load
+    # when a command runs. A fresh interpreter, since this test session has imported torch.
+    code = ("import sys; from mmcardio.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

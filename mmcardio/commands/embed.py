@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from mmcardio.cli import add_json_flag, emit
-from mmcardio.retrieval.store import embed_manifest, launched_accelerator
 
 
 def register(sub) -> None:
@@ -30,6 +29,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from mmcardio.retrieval.store import embed_manifest, launched_accelerator  # torch: on use
+
     summary = embed_manifest(args.model, args.manifest, args.out, args.batch_size,
                              progress=not args.json, accelerator=launched_accelerator(), cache=args.cache)
     per_key = ", ".join(f"{k} {n}" for k, n in summary["per_key"].items())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmcardio.cli import add_json_flag, emit
-from mmcardio.retrieval.index import KINDS, build_index
+from mmcardio.retrieval.keys import KINDS
 
 
 def register(sub) -> None:
@@ -29,6 +29,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from mmcardio.retrieval.index import build_index  # torch and FAISS: on use
+
     index = build_index(args.store, args.out, kind=args.kind, progress=not args.json,
                         nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     result = {"index": args.out, "kind": args.kind, "counts": index.info["counts"],

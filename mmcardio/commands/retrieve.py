@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 from textwrap import dedent
+from typing import TYPE_CHECKING
 
 from mmcardio.cli import add_json_flag, emit
 from mmcardio.errors import MMCardioError
-from mmcardio.retrieval.index import Hit, Retriever
-from mmcardio.retrieval.store import STORE_KEYS
+from mmcardio.retrieval.keys import STORE_KEYS
+
+if TYPE_CHECKING:
+    from mmcardio.retrieval.index import Hit
 
 
 def register(sub) -> None:
@@ -57,6 +60,8 @@ def format_hits(hits: list[Hit]) -> str:
 def run(args) -> int:
     if bool(args.query) == bool(args.like):
         raise MMCardioError("give either a QUERY text or --like STUDY_ID (exactly one)", field="query")
+    from mmcardio.retrieval.index import Retriever  # torch and FAISS: on use
+
     retriever = Retriever(args.index, args.model)
     if args.like:
         hits = retriever.search_like(args.like, args.k, args.modality, args.query_modality)

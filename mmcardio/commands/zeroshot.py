@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 from mmcardio.cli import add_json_flag, emit
-from mmcardio.retrieval.store import launched_accelerator
 
 
 def add_arguments(p) -> None:
@@ -75,6 +74,8 @@ def summary_text(results: dict) -> str:
 
 
 def run(args) -> int:
+    from mmcardio.retrieval.store import launched_accelerator  # torch: on use
+
     results = evaluate(args, launched_accelerator())
     if results:  # empty on non-main processes
         emit(results, args.json, summary_text(results))

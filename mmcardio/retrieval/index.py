@@ -20,16 +20,14 @@ from tqdm import tqdm
 
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
+from mmcardio.retrieval.keys import KINDS, STORE_KEYS
 from mmcardio.retrieval.store import (
-    STORE_KEYS,
     EmbeddingStore,
     check_same_model,
     load_model,
     model_fingerprint,
 )
 from mmcardio.sentences import report_sentences
-
-KINDS = ("flat", "ivf", "hnsw")
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
+from mmcardio.retrieval.keys import STORE_KEYS
 from mmcardio.study import Study, read_manifest
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Keys a store can hold: the study modalities, the fused study embedding and the report text.
-STORE_KEYS = ("ecg", "echo", "cmr", "ct", "study", "text")
 META_COLUMNS = ("study_id", "patient_id", "modality", "view", "split", "report", "report_lang",
                 "age", "sex", "labels", "measurements")
 
