@@ -5,7 +5,7 @@ in torch, transformers and open_clip until they are used.
 """
 from __future__ import annotations
 
-import importlib
+from mmcardio.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -20,8 +20,4 @@ _EXPORTS = {
 }
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mmcardio' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -15,8 +15,7 @@ from accelerate import Accelerator
 
 from mmcardio.commands.retrieve import format_hits
 from mmcardio.errors import MMCardioError
-from mmcardio.retrieval import KINDS, Retriever, build_index, embed_manifest
-from mmcardio.retrieval.store import STORE_KEYS
+from mmcardio.retrieval import KINDS, STORE_KEYS, Retriever, build_index, embed_manifest
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -1,22 +1,15 @@
-"""Embedding store, FAISS indexes and study retrieval by report text or by example study."""
+"""Embedding store, FAISS indexes and study retrieval by report text or by example study.
+
+Exported lazily: the command-line parsers import this package for its names (`keys`), and
+torch and FAISS load only when a command runs."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from mmcardio.lazy import lazy_getattr
 from mmcardio.retrieval.keys import KINDS, STORE_KEYS
 
-_LAZY = {"Hit": "index", "Index": "index", "IndexParams": "index", "Retriever": "index",
-         "build_index": "index", "EmbeddingStore": "store", "embed_manifest": "store",
-         "model_fingerprint": "store"}
-
-__all__ = ["KINDS", "STORE_KEYS", "EmbeddingStore", "Hit", "Index", "IndexParams", "Retriever",
-           "build_index", "embed_manifest", "model_fingerprint"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: the command-line parsers import this package for its names; torch and FAISS load
-    # only when a command runs.
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_EXPORTS = {
+    **dict.fromkeys(("Hit", "Index", "IndexParams", "Retriever", "build_index"), "mmcardio.retrieval.index"),
+    **dict.fromkeys(("EmbeddingStore", "embed_manifest", "model_fingerprint"), "mmcardio.retrieval.store"),
+}
+__all__ = ["KINDS", "STORE_KEYS", *_EXPORTS]
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

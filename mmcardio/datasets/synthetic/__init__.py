@@ -3,15 +3,8 @@ reports, written in hospital formats with a manifest and the truth (`generate_co
 
 from __future__ import annotations
 
-from typing import Any
+from mmcardio.lazy import lazy_getattr
 
 __all__ = ["generate_cohort"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: importing the ECG phantom or the findings model should not load every writer.
-    if name == "generate_cohort":
-        from mmcardio.datasets.synthetic.cohort import generate_cohort
-
-        return generate_cohort
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Lazy: importing the ECG phantom or the findings model should not load every writer.
+__getattr__ = lazy_getattr(__name__, {"generate_cohort": "mmcardio.datasets.synthetic.cohort"})
