@@ -254,6 +254,20 @@ def test_sampler_every_modality_in_most_batches():
         assert share > 0.75, modality
 
 
+def test_sampler_balances_report_languages_within_modalities():
+    mods = [["ecg"]] * 80 + [["ct"]] * 20
+    langs = ["en"] * 56 + ["zh"] * 24 + ["en"] * 14 + ["zh"] * 6  # 30% Chinese in each modality
+    balanced = ModalityBalancedSampler(mods, 1, 0, seed=1, samples_per_epoch=4000,
+                                       report_langs=langs, language_balance=1.0)
+    keys = [i for i, _ in balanced]
+    assert abs(np.mean([langs[i] == "zh" for i in keys]) - 0.5) < 0.03
+    assert abs(np.mean([mods[i] == ["ct"] for i in keys]) - 0.5) < 0.03  # modalities still balanced
+    as_is = ModalityBalancedSampler(mods, 1, 0, seed=1, samples_per_epoch=4000, report_langs=langs)
+    assert abs(np.mean([langs[i] == "zh" for i, _ in as_is]) - 0.3) < 0.03
+    with pytest.raises(ValueError, match="2 report languages for 100 studies"):
+        ModalityBalancedSampler(mods, 1, 0, report_langs=["en", "zh"])
+
+
 def test_loader_pins_memory_only_with_cuda_and_keeps_workers(cohort):
     dataset = StudyDataset(read_manifest(cohort), CFG, modalities=["ecg"])
     loader = make_loader(dataset, 2, num_workers=1)

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -387,11 +388,15 @@ def _collate_echo(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 # --------------------------------------------------------------------------------- sampler
 
 class ModalityBalancedSampler(Sampler):
-    """Distributed, epoch-seeded sampler that oversamples studies of rare modalities.
+    """Distributed, epoch-seeded sampler that oversamples studies of rare modalities (and,
+    optionally, of rare report languages).
 
     Each epoch draws `num_samples * num_replicas` studies with replacement, study i with weight
     max over its modalities m of count(m) ** -balance (balance=1: every modality gets about
-    the same share of draws, so each appears in most batches; 0: uniform), from a generator
+    the same share of draws, so each appears in most batches; 0: uniform), times
+    count(language of its report) ** -language_balance when `report_langs` are given (1: each
+    language's reports are drawn about equally often, so a text tower trained on a cohort with
+    few Chinese reports still sees them in every batch), from a generator
     seeded by (seed, epoch); rank r takes draws r, r + R, ... Every rank computes the same
     draws, so no communication is needed. It yields (index, seed) keys: the seed fixes the
     item's random windows. `set_epoch(epoch, start)` skips the first `start` keys of the
@@ -400,7 +405,8 @@ class ModalityBalancedSampler(Sampler):
 
     def __init__(self, study_modalities: Sequence[Sequence[str]], num_replicas: int | None = None,
                  rank: int | None = None, seed: int = 0, balance: float = 1.0,
-                 samples_per_epoch: int | None = None):
+                 samples_per_epoch: int | None = None, report_langs: Sequence[str] | None = None,
+                 language_balance: float = 0.0):
         dist = torch.distributed
         distributed = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
@@ -412,12 +418,15 @@ class ModalityBalancedSampler(Sampler):
         if not study_modalities or not all(study_modalities):
             raise ValueError("every study needs at least one modality to be sampled")
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
-        counts: dict[str, int] = {}
-        for mods in study_modalities:
-            for m in mods:
-                counts[m] = counts.get(m, 0) + 1
+        counts = Counter(m for mods in study_modalities for m in mods)
         self.weights = torch.tensor([max(counts[m] ** -balance for m in mods) for mods in study_modalities],
                                     dtype=torch.float64)
+        if report_langs is not None:
+            if len(report_langs) != len(study_modalities):
+                raise ValueError(f"{len(report_langs)} report languages for {len(study_modalities)} studies")
+            per_lang = Counter(report_langs)
+            self.weights *= torch.tensor([per_lang[lang] ** -language_balance for lang in report_langs],
+                                         dtype=torch.float64)
         total = samples_per_epoch or len(study_modalities)
         self.num_samples = math.ceil(total / num_replicas)
         self.epoch, self.start = 0, 0

@@ -84,6 +84,8 @@ class PretrainConfig:
     batch_size: per process. max_steps: optimizer steps (default: epochs x steps per epoch).
     stop_at_step: end early at this step, schedule unchanged (pre-emptible jobs; resume later).
     balance_modalities: oversampling exponent of rare modalities (0 = uniform).
+    balance_languages: oversampling exponent of the studies whose report language is rare
+        (0 = as the cohort has them; 1 = each language drawn about equally often).
     extend_vocabulary: in the align stage, add the training reports' words that a pretrained
         text tokenizer reads only as [UNK] (e.g. Chinese with an English vocabulary) as new
         tokens. (A `scratch` text tower always learns its whole vocabulary from those reports.)
@@ -113,6 +115,7 @@ class PretrainConfig:
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     balance_modalities: float = 1.0
+    balance_languages: float = 0.0
     samples_per_epoch: int | None = None
     num_workers: int = 0
     log_every: int = 10
@@ -678,7 +681,8 @@ def _prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: 
                            report_views=cfg.stage == "align" and model.config.report_views)
     sampler = ModalityBalancedSampler(dataset.study_modalities(), accelerator.num_processes,
                                       accelerator.process_index, cfg.seed, cfg.balance_modalities,
-                                      cfg.samples_per_epoch)
+                                      cfg.samples_per_epoch, [s.report_lang for s in dataset.studies],
+                                      cfg.balance_languages)
     if sampler.num_samples < cfg.batch_size:
         raise ConfigError(f"each of {accelerator.num_processes} processes gets {sampler.num_samples} "
                           f"studies per epoch, fewer than batch_size {cfg.batch_size}", field="batch_size")
