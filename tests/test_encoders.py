@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import ViT
@@ -136,7 +137,8 @@ def test_ecg_context_stem_sees_across_patches_but_never_a_hidden_patch():
 @pytest.mark.parametrize("backbone", ["transformer", "resnet"])
 def test_echo_view_weights_sum_to_one_over_present_views(backbone):
     torch.manual_seed(0)
-    echo = create_encoder("echo", small("echo-tiny", backbone=backbone, input_frames=4, depth=1, heads=4)).eval()
+    echo = create_encoder("echo", small("echo-tiny", backbone=backbone, input_frames=4, depth=1, heads=4,
+                                         temporal_summary=backbone == "resnet")).eval()
     frames = torch.randn(3, 3, 4, 64, 64)
     view_ids = torch.tensor([[0, 1, 3]] * 3)
     view_mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
@@ -154,7 +156,7 @@ def test_echo_view_weights_sum_to_one_over_present_views(backbone):
 
 
 def test_echo_resnet_reads_frames_as_channels():
-    echo = create_encoder("echo", small("echo-tiny")).eval()
+    echo = create_encoder("echo", small("echo-tiny", temporal_summary=False)).eval()
     assert isinstance(echo.net, ResNet) and echo.net.conv1.in_channels == 16
     assert echo.net.conv1.stride == (2, 2)  # the usual ResNet stem, not MONAI's default of 1
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in echo.modules())  # GroupNorm instead
@@ -169,6 +171,28 @@ def test_echo_resnet_reads_frames_as_channels():
         echo.encode_clips(torch.randn(2, 8, 64, 64))
 
 
+@pytest.mark.parametrize("modality", ["echo", "cmr"])
+def test_temporal_summary_adds_phase_free_std_and_range_channels(modality):
+    tower = create_encoder(modality, small(f"{modality}-tiny")).eval()  # on in the tiny configs
+    summary, net = tower.net
+    frames = 8 if modality == "cmr" else 16
+    assert isinstance(net, ResNet) and net.conv1.in_channels == frames + 2
+    clips = torch.randn(3, frames, 64, 64, dtype=torch.float64)
+    out = summary(clips).numpy()
+    x = clips.numpy()
+    assert out.shape == (3, frames + 2, 64, 64) and np.array_equal(out[:, :frames], x)
+    np.testing.assert_allclose(out[:, frames], x.std(1, ddof=1))
+    np.testing.assert_allclose(out[:, frames + 1], x.max(1) - x.min(1))
+    rolled = summary(clips.roll(5, dims=1)).numpy()  # the cine starts 5 frames later
+    np.testing.assert_allclose(rolled[:, frames:], out[:, frames:])
+    cine = torch.randn(2, frames, 64, 64) if modality == "echo" else torch.randn(2, 8, 6, 64, 64)
+    with torch.no_grad():
+        embedding = tower.encode_clips(cine) if modality == "echo" else tower(cine)
+    assert embedding.shape == (2, 64)
+    with pytest.raises(ConfigError, match="temporal_summary"):
+        encoder_config(modality, {**get_config(f"{modality}-base"), "temporal_summary": True})
+
+
 # ------------------------------------------------------------------------------ CMR / CT
 def test_cmr_transformer_shapes_with_full_and_fewer_phases():
     cmr = create_encoder("cmr", small("cmr-base", width=32, depth=1, spatial_depth=1, heads=2,
@@ -181,7 +205,7 @@ def test_cmr_transformer_shapes_with_full_and_fewer_phases():
 
 def test_cmr_resnet_reads_phases_as_channels_and_averages_slices():
     torch.manual_seed(0)
-    cmr = create_encoder("cmr", small("cmr-tiny")).eval()
+    cmr = create_encoder("cmr", small("cmr-tiny", temporal_summary=False)).eval()
     assert isinstance(cmr.net, ResNet) and cmr.net.conv1.in_channels == 8
     cine = torch.randn(2, 8, 6, 64, 64)
     with torch.no_grad():

@@ -10,8 +10,10 @@ The "resnet" backbone is MONAI's 2-D ResNet on each short-axis slice with the ca
 as input channels, its features averaged over the slices (a volume is a sum over slices). Its
 first convolution sees every pixel through the whole cycle, so the blood pool shrinking from
 end-diastole to end-systole (the ejection fraction) is a local contrast rather than a relation
-between distant tokens. Like the CT tower's ResNet, it learns from a few hundred studies where
-the transformer from scratch does not, so the tiny config uses it.
+between distant tokens. With `temporal_summary`, each pixel's std and range over the phases
+are two more channels, the same whatever phase the cine starts at. Like the CT tower's ResNet,
+it learns from a few hundred studies where the transformer from scratch does not, so the tiny
+config uses it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ class CMREncoderConfig:
     """CMR tower. Inputs: cine [n, T, Z, H, W] with T <= input_phases (the resnet takes
     exactly input_phases), Z <= input_slices.
     backbone "transformer": depth, spatial_depth, heads, mlp_ratio, dropout, patch_size.
-    backbone "resnet": resnet_layers (basic blocks per stage; [1, 1, 1, 1] is ResNet-10) and
-    widen_factor; its pooled features are projected to `width`.
+    backbone "resnet": resnet_layers (basic blocks per stage; [1, 1, 1, 1] is ResNet-10),
+    widen_factor and temporal_summary (each pixel's std and range over the phases as two more
+    input channels); its pooled features are projected to `width`.
     """
 
     backbone: str = "transformer"
@@ -50,10 +53,14 @@ class CMREncoderConfig:
     patch_size: int = 16
     resnet_layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     widen_factor: float = 1.0
+    temporal_summary: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"expected one of {BACKBONES}, got {self.backbone!r}", field="backbone")
+        if self.temporal_summary and self.backbone != "resnet":
+            raise ConfigError("temporal_summary is an input of the resnet backbone, got backbone "
+                              f"{self.backbone!r}", field="temporal_summary")
         patched = self.backbone == "transformer"
         if len(self.input_size) != 2 or (patched and any(s % self.patch_size for s in self.input_size)):
             raise ConfigError(
@@ -75,7 +82,7 @@ class CMREncoder(nn.Module):
         self.width = c.width
         if c.backbone == "resnet":
             self.net = resnet(2, c.input_phases, c.width, c.resnet_layers, c.widen_factor,
-                              norm="group", stem_stride=2)
+                              norm="group", stem_stride=2, temporal_summary=c.temporal_summary)
             return
         n_patches = (c.input_size[0] // c.patch_size) * (c.input_size[1] // c.patch_size)
         self.patch = nn.Conv2d(1, c.width, c.patch_size, stride=c.patch_size)

@@ -5,7 +5,10 @@ embeddings and encoded by a transformer (CLS token). The "resnet" backbone inste
 clip as one image with its frames as channels (MONAI's 2-D ResNet): the first convolution sees
 each pixel through the whole clip, so the blood pool's change over the cycle (the ejection
 fraction) is a local contrast. It learns from a few hundred studies, which the transformer
-from scratch does not, so the tiny config uses it.
+from scratch does not, so the tiny config uses it. A clip starts at any phase of the cycle, so
+which channel holds end-diastole varies; with `temporal_summary` the resnet also reads each
+pixel's standard deviation and range over the clip, which are the same from any start: the
+wall's excursion and the blood pool's filling show there directly.
 
 A study holds several clips of different views; as in EchoPrime, a view embedding is added to
 each clip embedding and a gated attention (Ilse et al. 2018) weighs the views into one study
@@ -33,8 +36,9 @@ class EchoEncoderConfig:
     """Echo tower. Inputs: frames [n, V, T, H, W] (gray, standardized), T <= input_frames
     (the resnet takes exactly input_frames).
     backbone "transformer": width, depth, heads, mlp_ratio, dropout, tubelet.
-    backbone "resnet": resnet_layers (basic blocks per stage; [1, 1, 1, 1] is ResNet-10) and
-    widen_factor; its pooled features are projected to `width`.
+    backbone "resnet": resnet_layers (basic blocks per stage; [1, 1, 1, 1] is ResNet-10),
+    widen_factor and temporal_summary (two more input channels: each pixel's std and range over
+    the clip's frames); its pooled features are projected to `width`.
     """
 
     backbone: str = "transformer"
@@ -49,10 +53,14 @@ class EchoEncoderConfig:
     view_attention_hidden: int = 128
     resnet_layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     widen_factor: float = 1.0
+    temporal_summary: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"expected one of {BACKBONES}, got {self.backbone!r}", field="backbone")
+        if self.temporal_summary and self.backbone != "resnet":
+            raise ConfigError("temporal_summary is an input of the resnet backbone, got backbone "
+                              f"{self.backbone!r}", field="temporal_summary")
         if len(self.tubelet) != 3 or len(self.input_size) != 2:
             raise ConfigError("expected tubelet [t, h, w] and input_size [h, w]", field="tubelet")
         sizes = [self.input_frames, *self.input_size]
@@ -84,7 +92,7 @@ class EchoEncoder(nn.Module):
         self.width = c.width
         if c.backbone == "resnet":
             self.net = resnet(2, c.input_frames, c.width, c.resnet_layers, c.widen_factor,
-                              norm="group", stem_stride=2)
+                              norm="group", stem_stride=2, temporal_summary=c.temporal_summary)
         else:
             n_t, n_h, n_w = c.grid
             self.patch = nn.Conv3d(1, c.width, c.tubelet, stride=c.tubelet)
@@ -154,3 +162,4 @@ class EchoEncoder(nn.Module):
         )
         weights = score.squeeze(-1).masked_fill(~view_mask, float("-inf")).softmax(1)
         return (weights[..., None] * per_view).sum(1), weights
+
