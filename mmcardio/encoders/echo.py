@@ -162,4 +162,3 @@ class EchoEncoder(nn.Module):
         )
         weights = score.squeeze(-1).masked_fill(~view_mask, float("-inf")).softmax(1)
         return (weights[..., None] * per_view).sum(1), weights
-
