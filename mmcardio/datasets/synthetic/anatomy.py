@@ -54,6 +54,7 @@ LA_MIN_FRACTION = 0.45  # LA volume at end-diastole / at end-systole
 RA_VOLUME_FRACTION = 0.9  # RA volume relative to LA
 ATRIAL_SEPTUM_MM = 5.0
 MITRAL_VALVE_MM = 1.0
+PAINT_BLOCK_VOXELS = 1 << 16  # per block of `paint_layer`: its float temporaries fit in L2
 #: LV long axis (apex -> base) in patient RAS+ (x right, y anterior, z superior): the apex
 #: points left, anterior and inferior.
 _APEX_TO_BASE_RAS = np.array([0.6, -0.6, 0.5]) / np.linalg.norm([0.6, -0.6, 0.5])
@@ -160,10 +161,22 @@ def paint_layer(
     label: int | None = None,
 ) -> None:
     """Paint one tissue over `image` in place, blending by its anti-aliased inside-fraction;
-    where the pixel centre is inside (margin > 0), set `label` too. Layers go back to front."""
-    image += soft_inside(margin_mm, pixel_mm) * (value - image)
-    if label is not None:
-        labels[margin_mm > 0] = label
+    where the pixel centre is inside (margin > 0), set `label` too. Layers go back to front.
+
+    Works through `image` in blocks of its first axis so that the temporaries stay in the CPU
+    cache (whole-volume temporaries made a cine up to twice as slow); every voxel's arithmetic
+    is the same as on the whole array."""
+    margins = np.broadcast_to(margin_mm, image.shape)
+    # A scalar stays as given: broadcasting it would make an array, which changes the dtype.
+    values = np.broadcast_to(value, image.shape) if np.ndim(value) else None
+    rows = max(1, PAINT_BLOCK_VOXELS // max(1, image[0].size))
+    for start in range(0, len(image), rows):
+        block = slice(start, start + rows)
+        part, margin = image[block], margins[block]
+        tissue = value if values is None else values[block]
+        part += soft_inside(margin, pixel_mm) * (tissue - part)
+        if label is not None:
+            labels[block][margin > 0] = label
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: int = 8) -> np.ndarray:

@@ -243,12 +243,9 @@ def _thorax(layout: dict, blood: float, texture: np.ndarray) -> tuple[np.ndarray
     )
 
 
-def _lookup(
-    table: np.ndarray, d: np.ndarray, theta_bin: np.ndarray | None, d0: float
-) -> np.ndarray:
-    """Nearest entry of a (height[, angle]) table for every voxel."""
-    index = np.clip(((d - d0) * (1 / TABLE_STEP_MM) + 0.5).astype(np.intp), 0, table.shape[0] - 1)
-    return table[index] if theta_bin is None else table[index, theta_bin]
+def _height_index(d: np.ndarray, d0: float, n_heights: int) -> np.ndarray:
+    """Row of the nearest table height for every voxel (shared by all the height tables)."""
+    return np.clip(((d - d0) * (1 / TABLE_STEP_MM) + 0.5).astype(np.intp), 0, n_heights - 1)
 
 
 def _heart(
@@ -274,17 +271,10 @@ def _heart(
     thetas = (np.arange(ANGLE_BINS) + 0.5) * 2 * np.pi / ANGLE_BINS
     r_table, big_r_table = heart.lv_radii(heights[:, None], thetas[None, :], phase)
     rv_table = heart.rv_outer(heights[:, None], thetas[None, :], phase, big_r_table)
-    r, big_r, rv = (
-        _lookup(t.astype(np.float32), d, theta_bin, heights[0])
-        for t in (r_table, big_r_table, rv_table)
-    )
+    row = _height_index(d, heights[0], heights.size)
+    r, big_r, rv = (t.astype(np.float32)[row, theta_bin] for t in (r_table, big_r_table, rv_table))
     la, ra = (
-        _lookup(
-            heart.atrial_radius(heights - phase.length, axes_).astype(np.float32),
-            d,
-            None,
-            heights[0],
-        )
+        heart.atrial_radius(heights - phase.length, axes_).astype(np.float32)[row]
         for axes_ in (phase.la_axes, phase.ra_axes)
     )
     annulus = heart.annulus_margin(

@@ -21,6 +21,7 @@ from mmcardio.datasets.synthetic.anatomy import (
     EchoPhantom,
     Heart,
     HeartParams,
+    Phase,
     paint_layer,
     smooth_noise,
 )
@@ -119,19 +120,36 @@ def _profiles(
     of the LV axis)."""
     right, left = plane
     ra_centre, ra_perp = -heart.ra_offset * np.cos(right), heart.ra_offset * np.sin(right)
-    out = np.empty((len(phases), len(_PROFILES), d.size), dtype=np.float32)
-    for i, ph in enumerate(phases):
-        rows = []
-        for theta in (right, left):
-            r, big_r = heart.lv_radii(d, np.full_like(d, theta), ph)
-            rows += [r, big_r, heart.rv_outer(d, np.full_like(d, theta), ph, big_r)]
-        ra = heart.atrial_radius(d - ph.length, ph.ra_axes)
-        rows += [
-            heart.atrial_radius(d - ph.length, ph.la_axes),
-            np.sqrt(np.clip(ra**2 - ra_perp**2, 0, None)),
-        ]
-        out[i] = rows
-    return out, ra_centre
+    ph = _stacked(phases)
+    rows = []
+    for theta in (right, left):
+        r, big_r = heart.lv_radii(d, np.full_like(d, theta), ph)
+        rows += [r, big_r, heart.rv_outer(d, np.full_like(d, theta), ph, big_r)]
+    ra = heart.atrial_radius(d - ph.length, ph.ra_axes)
+    rows += [
+        heart.atrial_radius(d - ph.length, ph.la_axes),
+        np.sqrt(np.clip(ra**2 - ra_perp**2, 0, None)),
+    ]
+    return np.stack(rows, axis=1).astype(np.float32), ra_centre
+
+
+def _stacked(phases: list[Phase]) -> Phase:
+    """The frames' geometry as one Phase of [T, 1] columns, which the Heart's radius functions
+    broadcast against heights: one call for all frames instead of one per frame."""
+
+    def column(values) -> np.ndarray:
+        return np.array(values, dtype=np.float64)[:, None]
+
+    return Phase(
+        sigma=column([ph.sigma for ph in phases]),
+        stretch=column([ph.stretch for ph in phases]),
+        rv_area=column([ph.rv_area for ph in phases]),
+        la_axes=tuple(column(axis) for axis in zip(*(ph.la_axes for ph in phases))),
+        ra_axes=tuple(column(axis) for axis in zip(*(ph.ra_axes for ph in phases))),
+        length=column([ph.length for ph in phases]),
+        tilt=column([ph.tilt for ph in phases]),
+        valve_closed=np.array([ph.valve_closed for ph in phases])[:, None],
+    )
 
 
 def _render(

@@ -5,7 +5,6 @@ Pixel data is written uncompressed (Explicit VR Little Endian).
 """
 from __future__ import annotations
 
-import copy
 import datetime
 from pathlib import Path
 
@@ -84,32 +83,35 @@ def write_dicom_series(volume: Volume, folder: str | Path, modality: str = "CT",
     phases, affine = _slices_along_normal(phases, np.asarray(volume.affine, dtype=np.float64))
     stored, slope, intercept = _int16_rescale(phases)
     geometry = _plane_geometry(affine)
-    template = _base_dataset(SOP_CLASS[modality], modality, patient_id, study_uid, series_uid)
-    template.SeriesDescription = series_description
-    template.FrameOfReferenceUID = generate_uid()
-    template.PositionReferenceIndicator = ""
-    template.ImageType = ["DERIVED", "PRIMARY", "AXIAL"] if modality == "CT" else ["DERIVED", "PRIMARY"]
-    template.ImageOrientationPatient = _ds(geometry["orientation"])
-    template.PixelSpacing = _ds(geometry["pixel_spacing"])
-    template.SliceThickness = _ds(geometry["slice_gap"])
-    template.SpacingBetweenSlices = _ds(geometry["slice_gap"])
-    template.Rows, template.Columns = phases.shape[2:]
-    template.SamplesPerPixel, template.PhotometricInterpretation = 1, "MONOCHROME2"
-    template.BitsAllocated, template.BitsStored, template.HighBit, template.PixelRepresentation = 16, 16, 15, 1
-    template.RescaleSlope, template.RescaleIntercept = _ds(slope), _ds(intercept)
+    ds = _base_dataset(SOP_CLASS[modality], modality, patient_id, study_uid, series_uid)
+    ds.SeriesDescription = series_description
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.ImageType = ["DERIVED", "PRIMARY", "AXIAL"] if modality == "CT" else ["DERIVED", "PRIMARY"]
+    ds.ImageOrientationPatient = _ds(geometry["orientation"])
+    ds.PixelSpacing = _ds(geometry["pixel_spacing"])
+    ds.SliceThickness = _ds(geometry["slice_gap"])
+    ds.SpacingBetweenSlices = _ds(geometry["slice_gap"])
+    ds.Rows, ds.Columns = phases.shape[2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(intercept)
     if modality == "CT":
-        template.RescaleType, template.KVP, template.AcquisitionNumber = "HU", "", 1
+        ds.RescaleType, ds.KVP, ds.AcquisitionNumber = "HU", "", 1
     else:  # MR Image module type 1 attributes: "RM" = research mode, honest for synthetic data
-        template.ScanningSequence, template.SequenceVariant, template.MRAcquisitionType = "RM", "NONE", "2D"
-        template.ScanOptions, template.EchoTime, template.RepetitionTime, template.EchoTrainLength = "", "", "", ""
+        ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "RM", "NONE", "2D"
+        ds.ScanOptions, ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", "", ""
     if len(phases) > 1:
-        template.NumberOfTemporalPositions = len(phases)
-        template.CardiacNumberOfImages = len(phases)
+        ds.NumberOfTemporalPositions = len(phases)
+        ds.CardiacNumberOfImages = len(phases)
+    # One dataset for the whole series: every slice overwrites the same per-slice elements
+    # before it is saved (a deep copy per slice cost more than the write; dcmwrite copies
+    # file_meta itself, so nothing of one slice leaks into the next).
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         for t, phase in enumerate(stored):
             for z, plane in enumerate(phase):
-                ds = _slice_dataset(template, geometry, z, plane)
+                _set_slice_elements(ds, geometry, z, plane)
                 ds.InstanceNumber = t * len(phase) + z + 1
                 if len(phases) > 1:
                     ds.TemporalPositionIdentifier = t + 1
@@ -181,14 +183,12 @@ def _plane_geometry(affine_ras: np.ndarray) -> dict[str, np.ndarray | float]:
             "origin": lps[:3, 3], "step": step, "normal": np.cross(row_cosines, column_cosines)}
 
 
-def _slice_dataset(template: Dataset, geometry: dict, z: int, plane: np.ndarray) -> Dataset:
-    ds = copy.deepcopy(template)  # Dataset.copy() is shallow: it would share the element dict
+def _set_slice_elements(ds: Dataset, geometry: dict, z: int, plane: np.ndarray) -> None:
     ds.SOPInstanceUID = generate_uid()
     position = geometry["origin"] + z * geometry["step"]
     ds.ImagePositionPatient = _ds(position)
     ds.SliceLocation = _ds(position @ geometry["normal"])
     ds.PixelData = np.ascontiguousarray(plane, dtype="<i2").tobytes()
-    return ds
 
 
 def _int16_rescale(array: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -35,8 +35,9 @@ def write_nifti(volume: Volume | np.ndarray, path: str | Path, affine: np.ndarra
         raise ValueError(f"expected a (z, y, x) or (t, z, y, x) array, got shape {array.shape}")
     if is_label and (array.dtype == bool or (array.min() >= 0 and array.max() <= 255)):
         array = array.astype(np.uint8)
+    # A transposed view, not a copy: nibabel writes Fortran order, which is this array's C order.
     data = array.transpose(2, 1, 0) if array.ndim == 3 else array.transpose(3, 2, 1, 0)
-    image = nib.Nifti1Image(np.ascontiguousarray(data), np.asarray(affine, dtype=np.float64) @ IJK_TO_ZYX)
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64) @ IJK_TO_ZYX)
     header = image.header
     header.set_xyzt_units("mm", "msec")
     header["descrip"] = description.encode("ascii", errors="replace")[:79]
