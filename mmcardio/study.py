@@ -1,22 +1,25 @@
 """The Study record and the manifest (one row per study) in CSV, Parquet or JSONL.
 
 Columns: study_id, patient_id, split, ecg, echo, cmr, ct, masks, report, reports, report_lang,
-age, sex, labels, measurements. Paths are relative to the manifest's folder (or absolute).
+translations, age, sex, labels, measurements. Paths are relative to the manifest's folder (or absolute).
 Structured cells in CSV are JSON (`echo`: [{"path": ..., "view": "A4C"}], `masks`:
 {"echo:A4C": path, "cmr": path}, `reports`: {"ecg": "Sinus rhythm...", "echo": "..."},
-`labels`: {"afib": 1}, `measurements`: {"lvef": {"value": 55.0, "unit": "%"}}); `echo` also
+`translations`: {"zh": {"report": "...", "ecg": "..."}}, `labels`: {"afib": 1}, `measurements`: {"lvef": {"value": 55.0, "unit": "%"}}); `echo` also
 accepts the short form "A4C=a4c.dcm;A2C=a2c.mp4".
 
 `report` is the study's whole report; `reports` (optional) holds each exam's own report by
 modality, as hospitals file them (the ECG read, the echo report, ...). Training aligns each
 modality with its own exam report when there is one, else with the whole report.
+`translations` (optional) holds the same reports in other languages (a hospital's bilingual
+reports, or machine translations), keyed by language: "report" for the whole report and a
+modality for an exam report; training can draw a study's report language from them.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,9 +30,9 @@ from mmcardio.io import atomic_path
 from mmcardio.modality import STUDY_MODALITIES, Modality
 
 COLUMNS = ("study_id", "patient_id", "split", "ecg", "echo", "cmr", "ct", "masks", "report",
-           "reports", "report_lang", "age", "sex", "labels", "measurements")
+           "reports", "report_lang", "translations", "age", "sex", "labels", "measurements")
 REQUIRED = ("study_id", "patient_id")
-STRUCTURED = ("echo", "masks", "reports", "labels", "measurements")  # JSON cells in CSV
+STRUCTURED = ("echo", "masks", "reports", "translations", "labels", "measurements")  # JSON cells in CSV
 SPLITS = ("train", "val", "test")
 LANGS = ("en", "zh")
 SEXES = ("F", "M")
@@ -60,6 +63,7 @@ class Study:
     report: str = ""
     reports: dict[str, str] = field(default_factory=dict)
     report_lang: str = "en"
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)
     age: float | None = None
     sex: str | None = None
     labels: dict[str, int] = field(default_factory=dict)
@@ -74,6 +78,22 @@ class Study:
     def report_for(self, modality: str) -> str:
         """The exam report of `modality` when the manifest has one, else the whole report."""
         return self.reports.get(str(modality)) or self.report
+
+    def languages(self) -> list[str]:
+        """The report's language, then those of its translations."""
+        return [self.report_lang, *(lang for lang in self.translations if lang != self.report_lang)]
+
+    def in_language(self, lang: str) -> Study:
+        """This study with its report (whole and exam reports) in `lang`, from `translations`
+        (exam reports the translation lacks fall back to its whole report)."""
+        if lang == self.report_lang:
+            return self
+        if lang not in self.translations:
+            raise ManifestError(f"study {self.study_id} has no {lang!r} translation; has "
+                                f"{self.languages()}", field="translations")
+        texts = self.translations[lang]
+        return replace(self, report=texts.get("report", ""), report_lang=lang,
+                       reports={k: v for k, v in texts.items() if k != "report"})
 
     def files(self) -> list[tuple[str, Path]]:
         """(column, path) for every file the row points to."""
@@ -93,7 +113,8 @@ class Study:
             "echo": [{"path": rel(c.path), "view": c.view} for c in self.echo],
             "cmr": rel(self.cmr) if self.cmr else None, "ct": rel(self.ct) if self.ct else None,
             "masks": {k: rel(p) for k, p in self.masks.items()},
-            "report": self.report, "reports": dict(self.reports), "report_lang": self.report_lang, "age": self.age,
+            "report": self.report, "reports": dict(self.reports), "report_lang": self.report_lang,
+            "translations": {lang: dict(t) for lang, t in self.translations.items()}, "age": self.age,
             "sex": self.sex, "labels": dict(self.labels),
             "measurements": {k: {"value": m.value, "unit": m.unit}
                              for k, m in self.measurements.items()},
@@ -173,6 +194,10 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         raise fail("echo/labels/measurements", f"malformed structured cell: {err}") from None
     if not isinstance(parsed["reports"] or {}, dict):
         raise fail("reports", f"expected a JSON object {{modality: report text}}, got {row.get('reports')!r}")
+    translations = parsed["translations"] or {}
+    if not isinstance(translations, dict) or not all(isinstance(t, dict) for t in translations.values()):
+        raise fail("translations", "expected a JSON object {language: {\"report\": text, modality: "
+                   f"exam report}}}}, got {row.get('translations')!r}")
     age = row.get("age")
     return Study(
         study_id=str(row["study_id"]), patient_id=str(row["patient_id"]),
@@ -184,6 +209,8 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         report="" if _empty(row.get("report")) else str(row["report"]),
         reports={str(k): str(v) for k, v in (parsed["reports"] or {}).items() if not _empty(v)},
         report_lang=str(row.get("report_lang") or "en"),
+        translations={str(lang): {str(k): str(v) for k, v in t.items() if not _empty(v)}
+                      for lang, t in translations.items()},
         age=None if _empty(age) else float(age),
         sex=None if _empty(row.get("sex")) else str(row["sex"]).upper()[:1],
         labels=labels, measurements=measurements,
@@ -329,4 +356,11 @@ def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
     for key in study.reports:
         if key not in known:
             out.append(Problem(i, "reports", None, f"key {key!r}: expected a modality, one of {known}"))
+    for lang, texts in study.translations.items():
+        if lang not in LANGS or lang == study.report_lang:
+            out.append(Problem(i, "translations", None, f"language {lang!r}: expected one of {LANGS} "
+                               f"other than the report's ({study.report_lang!r})"))
+        for key in sorted(set(texts) - {"report", *known}):
+            out.append(Problem(i, "translations", None, f"{lang}: key {key!r}: expected \"report\" or a "
+                               f"modality, one of {known}"))
     return out

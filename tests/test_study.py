@@ -17,7 +17,8 @@ def _study(root, sid="s1", pid="p1"):
         echo=[EchoClip(root / "echo" / f"{sid}_a4c.dcm", "A4C"), EchoClip(root / "echo" / f"{sid}_a2c.mp4", "A2C")],
         masks={"echo:A4C": root / "masks" / f"{sid}_a4c.nii.gz"}, report="LVEF 35%. 左室射血分数35%。",
         reports={"echo": "LVEF 35%.", "ecg": "心房颤动。"},
-        report_lang="zh", age=63.0, sex="F", labels={"reduced_ef": 1, "afib": 0},
+        report_lang="zh", translations={"en": {"report": "LVEF 35%. Atrial fibrillation.", "ecg": "AF."}},
+        age=63.0, sex="F", labels={"reduced_ef": 1, "afib": 0},
         measurements={"lvef": Measurement(35.0, "%"), "lvedv": Measurement(182.0, "mL")},
     )
 
@@ -38,6 +39,23 @@ def test_exam_reports_fall_back_to_the_whole_report_and_bad_keys_are_listed(tmp_
     write_manifest([study], tmp_path / "m.csv")
     problems = validate_manifest(tmp_path / "m.csv", read_files=False)
     assert any(p.column == "reports" and "'mri'" in p.message for p in problems)
+
+
+def test_translations_give_the_study_in_another_language_and_bad_ones_are_listed(tmp_path):
+    study = _study(tmp_path)
+    english = study.in_language("en")
+    assert study.languages() == ["zh", "en"] and study.in_language("zh") is study
+    assert (english.report, english.report_lang) == ("LVEF 35%. Atrial fibrillation.", "en")
+    assert english.report_for("ecg") == "AF." and english.report_for("echo") == english.report
+    with pytest.raises(ManifestError, match="no 'fr' translation"):
+        study.in_language("fr")
+    study.translations = {"zh": {"report": "?"}, "en": {"report": "?", "mri": "?"}}
+    write_manifest([study], tmp_path / "m.csv")
+    problems = [p for p in validate_manifest(tmp_path / "m.csv", read_files=False) if p.column == "translations"]
+    assert len(problems) == 2 and "'zh'" in problems[0].message and "'mri'" in problems[1].message
+    (tmp_path / "bad.csv").write_text('study_id,patient_id,translations\na,1,"{""en"": ""text""}"\n')
+    with pytest.raises(ManifestError, match="language"):
+        read_manifest(tmp_path / "bad.csv")
 
 
 def test_paths_are_stored_relative_to_the_manifest(tmp_path):

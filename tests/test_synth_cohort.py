@@ -94,6 +94,14 @@ def test_files_record_what_they_hold(truth):
         assert r["report_en"] != r["report_zh"]
 
 
+def test_manifest_carries_each_report_twin_as_its_translation(cohort, truth):
+    for s in read_manifest(cohort / "manifest.csv"):
+        other = {"en": "zh", "zh": "en"}[s.report_lang]
+        twin = s.in_language(other)
+        assert twin.report == truth[s.study_id]["report_" + other]
+        assert twin.reports == truth[s.study_id]["reports_" + other]
+
+
 def test_masks_measure_to_the_truth(cohort, truth):
     """Measurements recomputed from the written masks match the recorded truth."""
     checked = defaultdict(int)

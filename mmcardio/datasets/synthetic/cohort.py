@@ -1,7 +1,9 @@
 """Write a phantom cohort: files in hospital formats, a manifest, the truth of every study.
 
 Layout of `out/`:
-  manifest.csv   one row per study (mmcardio.study format, paths relative to out/)
+  manifest.csv   one row per study (mmcardio.study format, paths relative to out/); the
+                 report in the study's language, its twin in the other as `translations`
+                 (as a bilingual hospital files them: written apart, not word for word)
   truth.jsonl    per study: findings, latent conditions, per-modality truth with units, ECG
                  truth, both reports (report_en, report_zh) and their exam sections by
                  modality (reports_en, reports_zh), and which file holds what
@@ -266,6 +268,8 @@ def _study_row(record: dict[str, Any], root: Path) -> Study:
         report=record["report"],
         reports=dict(record["reports"]),
         report_lang=record["report_lang"],
+        translations={lang: {"report": record[f"report_{lang}"], **record[f"reports_{lang}"]}
+                      for lang in ("en", "zh") if lang != record["report_lang"]},
         age=record["age"],
         sex=record["sex"],
         labels=dict(record["findings"]),
