@@ -28,7 +28,7 @@ from mmcardio.encoders.registry import get_config
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.modality import ECHO_VIEWS
 from mmcardio.records import ECG, STANDARD_LEADS, Video, Volume
-from mmcardio.sentences import report_sentences
+from mmcardio.sentences import report_clauses, report_sentences
 from mmcardio.study import EchoClip, Study, read_manifest, write_manifest
 
 CFG = {"ecg": {"fs": 250.0, "samples": 2000},
@@ -308,3 +308,34 @@ def test_report_views_are_a_second_independent_sentence_sample(cohort):
     assert "text_view" not in collate_studies([StudyDataset([study], CFG, train=True)[(0, 1)]])
     with pytest.raises(ConfigError, match="sample_sentences"):
         StudyDataset([study], CFG, train=True, report_views=True)
+
+
+def test_clause_sampling_draws_parts_of_sentences_in_both_languages(cohort):
+    study = read_manifest(cohort)[5]
+    study.report = "ECG: Sinus rhythm, rate 72 bpm. PR interval 160 ms.\n心电图：窦性心律，72次/分；QRS 5.1 mV。"
+    assert report_clauses(study.report) == ["ECG:", "Sinus rhythm,", "rate 72 bpm.", "PR interval 160 ms.",
+                                            "心电图：", "窦性心律，", "72次/分；", "QRS 5.1 mV。"]
+    dataset = StudyDataset([study], CFG, train=True, sample_sentences=True, text_unit="clause")
+    draws = [dataset[(0, seed)]["text"] for seed in range(30)]
+    whole = report_clauses(study.report)
+    assert all(set(report_clauses(d)) <= set(whole) for d in draws)
+    assert any("Sinus rhythm," in d and "rate 72 bpm." not in d for d in draws)  # a sentence split
+    with pytest.raises(ConfigError, match="text_unit"):
+        StudyDataset([study], CFG, train=True, sample_sentences=True, text_unit="word")
+
+
+def test_translations_draw_each_item_language_reproducibly(cohort):
+    study = read_manifest(cohort)[5]
+    study.report, study.reports, study.report_lang = "ECG: Sinus rhythm. Normal ECG.", {}, "en"
+    study.translations = {"zh": {"report": "心电图：窦性心律。正常心电图。", "ecg": "窦性心律。"}}
+    dataset = StudyDataset([study], CFG, train=True, sample_sentences=True, report_views=True, translations=True)
+    draws = [dataset[(0, seed)] for seed in range(40)]
+    chinese = ["心" in d["text"] for d in draws]
+    assert 10 < sum(chinese) < 30  # about half the items in each language
+    for d, zh in zip(draws, chinese):
+        assert ("窦性心律" in d["ecg"]["report"]) == zh  # exam report in the item's language
+    assert any(("心" in d["text_view"]) != zh for d, zh in zip(draws, chinese))  # view drawn apart
+    assert dataset[(0, 3)]["text"] == draws[3]["text"]
+    untranslated = StudyDataset([study], CFG, train=True, sample_sentences=True)
+    assert all("心" not in untranslated[(0, seed)]["text"] for seed in range(10))
+    assert StudyDataset([study], CFG, train=False, translations=True)[0]["text"] == study.report

@@ -41,7 +41,7 @@ from mmcardio.datasets.transforms import (
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import atomic_path, write_json
 from mmcardio.modality import ECHO_VIEWS, STUDY_MODALITIES
-from mmcardio.sentences import sample_sentences
+from mmcardio.sentences import UNITS, sample_sentences
 from mmcardio.study import Study, read_manifest
 
 CACHE_CONFIG, CACHE_INDEX, CACHE_STUDIES = "preprocess.json", "index.json", "studies"
@@ -288,9 +288,13 @@ class StudyDataset(Dataset):
     cache_dir: a folder from `prepare_cache` made with the same config (else files are decoded
         on every access). split: keep only studies of this split (or these splits).
     train: random windows (ECG crop, echo clip start) when the key carries a seed.
-    sample_sentences: in training with a seed, each report is a random subset of its sentences.
+    sample_sentences: in training with a seed, each report is a random subset of its sentences
+        (of their clauses with `text_unit="clause"`, see `sentences.sample_sentences`).
     report_views: with sample_sentences, items also carry "text_view", a second independent
         subset of the report's sentences (for the model's `report_views` loss term).
+    translations: in training with a seed, each item's reports (and apart from them its
+        text_view) are in a language drawn uniformly from the study's report language and its
+        `translations`, so every study teaches the text tower each language it has.
     modalities: load only these (e.g. ["ecg"] for the ECG MAE stage); studies with none of
         them are left out.
 
@@ -301,9 +305,14 @@ class StudyDataset(Dataset):
     def __init__(self, studies: Sequence[Study], cfg: PreprocessConfig | dict,
                  cache_dir: str | Path | None = None, split: str | Sequence[str] | None = None,
                  train: bool = True, modalities: Sequence[str] | None = None,
-                 sample_sentences: bool = False, report_views: bool = False):
+                 sample_sentences: bool = False, report_views: bool = False, text_unit: str = "sentence",
+                 translations: bool = False):
         self.cfg = as_preprocess(cfg)
         self.sample_sentences, self.report_views = sample_sentences, report_views
+        self.translations = translations
+        if text_unit not in UNITS:
+            raise ConfigError(f"expected one of {UNITS}, got {text_unit!r}", field="text_unit")
+        self.text_unit = text_unit
         if report_views and not sample_sentences:
             raise ConfigError("report_views needs sample_sentences: the two views of a report are "
                               "two random subsets of its sentences", field="sample_sentences")
@@ -336,18 +345,27 @@ class StudyDataset(Dataset):
         else:
             prepared = prepare_study(study, self.cfg, self.modalities)
         rng = np.random.default_rng(seed) if self.train and seed is not None else None
-        item = {"study_id": study.study_id, "text": study.report, **sample_study(prepared, self.cfg, rng)}
+        text_rng = np.random.default_rng([seed, 1]) if rng is not None else None  # apart from the windows' draws
+        reported = self._in_drawn_language(study, text_rng)
+        item = {"study_id": study.study_id, "text": reported.report, **sample_study(prepared, self.cfg, rng)}
         modalities = [m for m in MODALITY_NAMES if m in item]
-        texts = {m: study.report_for(m) for m in modalities}
-        if rng is not None and self.sample_sentences:
-            text_rng = np.random.default_rng([seed, 1])  # apart from the windows' draws
-            shuffled = {t: sample_sentences(t, text_rng) for t in dict.fromkeys([study.report, *texts.values()])}
-            item["text"], texts = shuffled[study.report], {m: shuffled[t] for m, t in texts.items()}
+        texts = {m: reported.report_for(m) for m in modalities}
+        if text_rng is not None and self.sample_sentences:
+            shuffled = {t: sample_sentences(t, text_rng, unit=self.text_unit)
+                        for t in dict.fromkeys([reported.report, *texts.values()])}
+            item["text"], texts = shuffled[reported.report], {m: shuffled[t] for m, t in texts.items()}
             if self.report_views:
-                item["text_view"] = sample_sentences(study.report, text_rng)
+                item["text_view"] = sample_sentences(self._in_drawn_language(study, text_rng).report,
+                                                     text_rng, unit=self.text_unit)
         for m in modalities:
             item[m]["report"] = texts[m]
         return item
+
+    def _in_drawn_language(self, study: Study, rng: np.random.Generator | None) -> Study:
+        if rng is None or not self.translations or not study.translations:
+            return study
+        languages = study.languages()
+        return study.in_language(languages[rng.integers(len(languages))])
 
 
 def collate_studies(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

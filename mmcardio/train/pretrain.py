@@ -90,7 +90,11 @@ class PretrainConfig:
         text tokenizer reads only as [UNK] (e.g. Chinese with an English vocabulary) as new
         tokens. (A `scratch` text tower always learns its whole vocabulary from those reports.)
     sample_sentences: align each study with a random subset of its report's sentences, drawn
-        anew every epoch (see `transforms.sample_sentences`).
+        anew every epoch (see `sentences.sample_sentences`).
+    text_unit: what sample_sentences draws, "sentence" or "clause" (the comma- and
+        colon-separated parts of sentences).
+    train_on_translations: draw each training study's report language from its own and its
+        manifest `translations` (which then also feed the text vocabulary and query centre).
     stage_overrides: {stage: {key: value}} merged in for the chosen stage, so one file holds
         both stages (e.g. more steps and a higher lr for "mae").
     """
@@ -124,6 +128,8 @@ class PretrainConfig:
     stage_overrides: dict = field(default_factory=dict)
     extend_vocabulary: bool = True
     sample_sentences: bool = True
+    text_unit: str = "sentence"
+    train_on_translations: bool = False
 
     def __post_init__(self) -> None:
         checks = [("stage", self.stage in STAGES, f"expected one of {STAGES}"),
@@ -604,8 +610,11 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
 
 
 def _training_reports(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
-    """Whole and exam reports of the training studies."""
+    """Whole and exam reports of the training studies (in every language with
+    `train_on_translations`)."""
     studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
+    if cfg.train_on_translations:
+        studies = [s.in_language(lang) for s in studies for lang in s.languages()]
     return [t for s in studies for t in (s.report, *s.reports.values()) if t]
 
 
@@ -677,7 +686,8 @@ def _prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: 
                     out / "prepare.json", sorted(failed)[:10])
     train_studies = [s for s in _studies_for_run(cfg, studies, modalities) if s.study_id not in failed]
     dataset = StudyDataset(train_studies, preprocess, cache_dir=cache_dir, train=True, modalities=modalities,
-                           sample_sentences=cfg.sample_sentences,
+                           sample_sentences=cfg.sample_sentences, text_unit=cfg.text_unit,
+                           translations=cfg.train_on_translations,
                            report_views=cfg.stage == "align" and model.config.report_views)
     sampler = ModalityBalancedSampler(dataset.study_modalities(), accelerator.num_processes,
                                       accelerator.process_index, cfg.seed, cfg.balance_modalities,
