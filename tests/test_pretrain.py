@@ -91,6 +91,8 @@ def test_config_layers_file_stage_overrides_and_set(tmp_path):
         load_pretrain_config(TINY, ["optimizer.learning_rate=1"])
     with pytest.raises(ConfigError, match="stage"):
         load_pretrain_config(TINY, ["stage=finetune"])
+    with pytest.raises(ConfigError, match="expected one of .*clause.*, got 'word'"):
+        load_pretrain_config(TINY, ["text_unit=word"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage_overrides: {mea: {max_steps: 1}}\n")
     with pytest.raises(ConfigError, match="unknown stage"):

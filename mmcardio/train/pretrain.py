@@ -47,7 +47,7 @@ from mmcardio.datasets.cohort import (
 from mmcardio.datasets.transforms import PreprocessConfig, dict_differences
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import atomic_path, write_json, write_text
-from mmcardio.sentences import report_sentences
+from mmcardio.sentences import UNITS, report_sentences
 from mmcardio.study import Study, read_manifest
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ class PretrainConfig:
                   ("batch_size", self.batch_size >= 1, "expected at least 1"),
                   ("grad_accum", self.grad_accum >= 1, "expected at least 1"),
                   ("log_every", self.log_every >= 1, "expected at least 1"),
-                  ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more")]
+                  ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more"),
+                  ("text_unit", self.text_unit in UNITS, f"expected one of {UNITS}")]
         for name, ok, problem in checks:
             if not ok:
                 raise ConfigError(f"{problem}, got {getattr(self, name)!r}", field=name)
