@@ -12,6 +12,7 @@ from monai.networks.nets.resnet import ResNet
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from mmcardio.encoders import create_encoder, encoder_config, get_config, list_configs
+from mmcardio.encoders.ecg import PatchLinear, WindowFilters
 from mmcardio.encoders.text import TextEncoder, TextEncoderConfig, resolve_model_path
 from mmcardio.errors import ConfigError
 from mmcardio.modality import ECHO_VIEWS
@@ -108,6 +109,26 @@ def test_ecg_mae_masks_follow_the_generator(ecg):
     first = ecg.mae_loss(x, generator=torch.Generator().manual_seed(3))["mask"]
     again = ecg.mae_loss(x, generator=torch.Generator().manual_seed(3))["mask"]
     assert torch.equal(first, again)
+
+
+def test_patch_linear_is_the_strided_convolution_it_replaces():
+    torch.manual_seed(0)
+    layer = PatchLinear(channels=3, patch=5, width=4)
+    x = torch.randn(2, 3, 20)
+    conv = torch.nn.functional.conv1d(x, layer.linear.weight.view(4, 3, 5), layer.linear.bias, stride=5)
+    assert layer(x).shape == (2, 4, 4)
+    torch.testing.assert_close(layer(x), conv.transpose(1, 2))
+
+
+def test_window_filters_are_the_centred_convolution_they_replace():
+    torch.manual_seed(0)
+    layer = WindowFilters(channels=4, kernel=7)
+    x = torch.randn(6, 1, 50)
+    conv = torch.nn.functional.conv1d(x, layer.linear.weight[:, None], layer.linear.bias, padding=3)
+    assert layer(x).shape == (6, 50, 4)
+    torch.testing.assert_close(layer(x), conv.transpose(1, 2))
+    with pytest.raises(ConfigError, match="odd"):
+        encoder_config("ecg", small("ecg-tiny", stem_kernel=24))
 
 
 def test_ecg_context_stem_sees_across_patches_but_never_a_hidden_patch():

@@ -189,7 +189,7 @@ def test_two_processes_under_accelerate_launch(phantom, tmp_path):
     assert summary["world_size"] == 2 and summary["samples"] == 3 * 2 * 2
     final = load_file(out / "final" / "model.safetensors")
     initial = start_weights()
-    assert not torch.equal(final["towers.ecg.stem.0.weight"], initial["towers.ecg.stem.0.weight"])
+    assert not torch.equal(final["towers.ecg.stem.0.linear.weight"], initial["towers.ecg.stem.0.linear.weight"])
 
 
 def test_mae_stage_trains_the_ecg_tower_only_and_reports_reconstruction(phantom, tmp_path):
