@@ -57,9 +57,10 @@ class CardioCLIPConfig:
     tower must then place a sentence near the reports that contain it, including findings
     the study towers do not show yet, which gives them a text direction to learn towards.
     cross_modal_pairs: modality pairs also aligned with each other on the studies that have
-    both: ECG with echo serves cross-modal search; echo with CMR, which image the same
-    ventricle, lets the CMR tower (fewer studies) learn size and function from the echo
-    tower as well as from its report.
+    both: ECG with echo serves cross-modal search (but asks the ECG tower for what only an
+    echo shows; cardioclip-tiny leaves it out, see the README); echo with CMR, which image
+    the same ventricle, lets the CMR tower (fewer studies) learn size and function from the
+    echo tower as well as from its report.
     """
 
     embed_dim: int = 512

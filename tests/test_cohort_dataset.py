@@ -336,6 +336,11 @@ def test_translations_draw_each_item_language_reproducibly(cohort):
         assert ("窦性心律" in d["ecg"]["report"]) == zh  # exam report in the item's language
     assert any(("心" in d["text_view"]) != zh for d, zh in zip(draws, chinese))  # view drawn apart
     assert dataset[(0, 3)]["text"] == draws[3]["text"]
+    views_only = StudyDataset([study], CFG, train=True, sample_sentences=True, report_views=True,
+                              view_translations=True)
+    view_draws = [views_only[(0, seed)] for seed in range(40)]
+    assert all("心" not in d["text"] and "心" not in d["ecg"]["report"] for d in view_draws)
+    assert 10 < sum("心" in d["text_view"] for d in view_draws) < 30  # the view alone is translated
     untranslated = StudyDataset([study], CFG, train=True, sample_sentences=True)
     assert all("心" not in untranslated[(0, seed)]["text"] for seed in range(10))
     assert StudyDataset([study], CFG, train=False, translations=True)[0]["text"] == study.report

@@ -33,6 +33,7 @@ from mmcardio.train.pretrain import (
     pearson,
     run_preprocess,
     run_pretraining,
+    training_reports,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +111,19 @@ def test_sizes_come_from_the_model_and_settings_from_the_run():
         model_config_dict(load_pretrain_config(TINY, ["preprocess.ct.shape=[16, 64, 64]"]))
 
 
+def test_translated_reports_feed_the_vocabulary_only_when_training_uses_them(phantom):
+    manifest = phantom / "cohort" / "manifest.csv"
+    train = [s for s in read_manifest(manifest) if s.split == "train"]
+    plain = ["translation_views=false", "train_on_translations=false"]
+    own = training_reports(load_pretrain_config(TINY, plain), manifest)
+    assert own == [t for s in train for t in (s.report, *s.reports.values()) if t]
+    for flag in ("translation_views", "train_on_translations"):
+        both = training_reports(load_pretrain_config(TINY, [*plain, f"{flag}=true"]), manifest)
+        twins = [s.in_language(lang) for s in train for lang in s.languages()]
+        assert both == [t for s in twins for t in (s.report, *s.reports.values()) if t]
+        assert len(both) > len(own) and {s.report_lang for s in twins} == {"en", "zh"}
+
+
 def test_weight_decay_only_on_matrix_weights():
     model = build_model(load_pretrain_config(TINY))
     decay, no_decay = param_groups(model, 0.05)
@@ -146,8 +160,10 @@ def test_align_run_logs_decreasing_loss_and_saves_a_loadable_model(phantom, tmp_
     learned = json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     assert model.text.tokenizer.get_vocab() == learned and "sinus" in learned
     assert torch.linalg.vector_norm(emb["study"]).item() == pytest.approx(1.0, abs=1e-4)
-    # search queries are centred on the mean of the training reports' distinct sentences
-    training = [s for s in read_manifest(phantom / "cohort" / "manifest.csv") if s.split == "train"]
+    # search queries are centred on the mean of the training reports' distinct sentences, in
+    # both languages (the tiny config's translation views train on the manifest translations)
+    training = [s.in_language(lang) for s in read_manifest(phantom / "cohort" / "manifest.csv")
+                if s.split == "train" for lang in s.languages()]
     sentences = sorted({x for s in training for t in (s.report, *s.reports.values()) for x in report_sentences(t)})
     with torch.no_grad():
         mean = torch.cat([model.encode_text(sentences[i:i + 64]) for i in range(0, len(sentences), 64)]).mean(0)

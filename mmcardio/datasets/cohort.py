@@ -295,6 +295,8 @@ class StudyDataset(Dataset):
     translations: in training with a seed, each item's reports (and apart from them its
         text_view) are in a language drawn uniformly from the study's report language and its
         `translations`, so every study teaches the text tower each language it has.
+    view_translations: the same draw for the text_view alone; the reports aligned with the
+        study towers stay in the study's own language.
     modalities: load only these (e.g. ["ecg"] for the ECG MAE stage); studies with none of
         them are left out.
 
@@ -306,10 +308,10 @@ class StudyDataset(Dataset):
                  cache_dir: str | Path | None = None, split: str | Sequence[str] | None = None,
                  train: bool = True, modalities: Sequence[str] | None = None,
                  sample_sentences: bool = False, report_views: bool = False, text_unit: str = "sentence",
-                 translations: bool = False):
+                 translations: bool = False, view_translations: bool = False):
         self.cfg = as_preprocess(cfg)
         self.sample_sentences, self.report_views = sample_sentences, report_views
-        self.translations = translations
+        self.translations, self.view_translations = translations, view_translations
         if text_unit not in UNITS:
             raise ConfigError(f"expected one of {UNITS}, got {text_unit!r}", field="text_unit")
         self.text_unit = text_unit
@@ -346,7 +348,7 @@ class StudyDataset(Dataset):
             prepared = prepare_study(study, self.cfg, self.modalities)
         rng = np.random.default_rng(seed) if self.train and seed is not None else None
         text_rng = np.random.default_rng([seed, 1]) if rng is not None else None  # apart from the windows' draws
-        reported = self._in_drawn_language(study, text_rng)
+        reported = self._in_drawn_language(study, text_rng, self.translations)
         item = {"study_id": study.study_id, "text": reported.report, **sample_study(prepared, self.cfg, rng)}
         modalities = [m for m in MODALITY_NAMES if m in item]
         texts = {m: reported.report_for(m) for m in modalities}
@@ -355,14 +357,15 @@ class StudyDataset(Dataset):
                         for t in dict.fromkeys([reported.report, *texts.values()])}
             item["text"], texts = shuffled[reported.report], {m: shuffled[t] for m, t in texts.items()}
             if self.report_views:
-                item["text_view"] = sample_sentences(self._in_drawn_language(study, text_rng).report,
-                                                     text_rng, unit=self.text_unit)
+                viewed = self._in_drawn_language(study, text_rng, self.translations or self.view_translations)
+                item["text_view"] = sample_sentences(viewed.report, text_rng, unit=self.text_unit)
         for m in modalities:
             item[m]["report"] = texts[m]
         return item
 
-    def _in_drawn_language(self, study: Study, rng: np.random.Generator | None) -> Study:
-        if rng is None or not self.translations or not study.translations:
+    @staticmethod
+    def _in_drawn_language(study: Study, rng: np.random.Generator | None, draw: bool) -> Study:
+        if rng is None or not draw or not study.translations:
             return study
         languages = study.languages()
         return study.in_language(languages[rng.integers(len(languages))])

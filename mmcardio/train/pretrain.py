@@ -95,6 +95,9 @@ class PretrainConfig:
         colon-separated parts of sentences).
     train_on_translations: draw each training study's report language from its own and its
         manifest `translations` (which then also feed the text vocabulary and query centre).
+    translation_views: draw only the report view's language (the model's `report_views`)
+        that way, so each report is also aligned with its twin in another language while the
+        study towers keep learning from the reports as written.
     stage_overrides: {stage: {key: value}} merged in for the chosen stage, so one file holds
         both stages (e.g. more steps and a higher lr for "mae").
     """
@@ -130,6 +133,7 @@ class PretrainConfig:
     sample_sentences: bool = True
     text_unit: str = "sentence"
     train_on_translations: bool = False
+    translation_views: bool = False
 
     def __post_init__(self) -> None:
         checks = [("stage", self.stage in STAGES, f"expected one of {STAGES}"),
@@ -610,18 +614,18 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
     return json.loads((out / "run.json").read_text(encoding="utf-8"))
 
 
-def _training_reports(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
+def training_reports(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
     """Whole and exam reports of the training studies (in every language with
-    `train_on_translations`)."""
+    `train_on_translations` or `translation_views`)."""
     studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
-    if cfg.train_on_translations:
+    if cfg.train_on_translations or cfg.translation_views:
         studies = [s.in_language(lang) for s in studies for lang in s.languages()]
     return [t for s in studies for t in (s.report, *s.reports.values()) if t]
 
 
 def _training_sentences(cfg: PretrainConfig, manifest: str | Path) -> list[str]:
     """The distinct sentences of the training reports, sorted (the same on every run)."""
-    return sorted({s for t in _training_reports(cfg, manifest) for s in report_sentences(t)})
+    return sorted({s for t in training_reports(cfg, manifest) for s in report_sentences(t)})
 
 
 def _fit_text_tokenizer(accelerator, model: nn.Module, cfg: PretrainConfig, manifest: str | Path,
@@ -637,7 +641,7 @@ def _fit_text_tokenizer(accelerator, model: nn.Module, cfg: PretrainConfig, mani
         return
     source = out / TOKENIZER_DIR
     if accelerator.is_main_process and not (source / "tokenizer.json").is_file():
-        size = model.text.fit_tokenizer(_training_reports(cfg, manifest))
+        size = model.text.fit_tokenizer(training_reports(cfg, manifest))
         with atomic_path(source) as tmp:
             model.text.save_tokenizer(tmp)
         log.info("text vocabulary: %d WordPiece tokens learned from the training reports", size)
@@ -648,7 +652,7 @@ def _fit_text_tokenizer(accelerator, model: nn.Module, cfg: PretrainConfig, mani
 def _extend_text_vocabulary(model: nn.Module, cfg: PretrainConfig, manifest: str | Path) -> None:
     """Give the text tower tokens for the training reports' words it reads only as [UNK]
     (deterministic, so every rank and a resumed run build the same vocabulary)."""
-    added = model.text.extend_vocabulary(_training_reports(cfg, manifest))
+    added = model.text.extend_vocabulary(training_reports(cfg, manifest))
     if added:
         log.info("text vocabulary: %d new tokens from the training reports (e.g. %s)",
                  len(added), " ".join(added[:10]))
@@ -688,7 +692,7 @@ def _prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: 
     train_studies = [s for s in _studies_for_run(cfg, studies, modalities) if s.study_id not in failed]
     dataset = StudyDataset(train_studies, preprocess, cache_dir=cache_dir, train=True, modalities=modalities,
                            sample_sentences=cfg.sample_sentences, text_unit=cfg.text_unit,
-                           translations=cfg.train_on_translations,
+                           translations=cfg.train_on_translations, view_translations=cfg.translation_views,
                            report_views=cfg.stage == "align" and model.config.report_views)
     sampler = ModalityBalancedSampler(dataset.study_modalities(), accelerator.num_processes,
                                       accelerator.process_index, cfg.seed, cfg.balance_modalities,
