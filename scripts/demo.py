@@ -116,7 +116,7 @@ def main() -> None:
                         help="pretraining config of both stages (MAE, then alignment)")
     parser.add_argument("--align-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the alignment run only (repeatable), e.g. "
-                             "--align-set epochs=72 for about twice the demo's ~470 steps")
+                             "--align-set epochs=68 for about twice the demo's ~440 steps")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
