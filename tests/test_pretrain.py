@@ -275,6 +275,15 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(phantom):
     assert all(torch.allclose(grad_a[k], grad_b[k], atol=1e-6) for k in grad_a)
 
 
+def test_translation_views_need_report_views(phantom, tmp_path):
+    cfg = load_pretrain_config(TINY, [*FAST, "max_steps=1", "translation_views=true",
+                                      "model_overrides.report_views=false"])
+    with pytest.raises(ConfigError, match="report_views") as err:
+        run_pretraining(cfg, phantom / "cohort" / "manifest.csv", tmp_path / "run", cache=phantom / "cache",
+                        progress=False)
+    assert err.value.field == "translation_views"
+
+
 def test_cache_made_with_other_preprocessing_is_refused(phantom, tmp_path):
     cfg = load_pretrain_config(TINY, [*FAST, "max_steps=1", "preprocess.ecg.notch_hz=50"])
     with pytest.raises(ConfigError, match=r"ecg.notch_hz"):
