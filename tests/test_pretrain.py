@@ -117,9 +117,9 @@ def test_translated_reports_feed_the_vocabulary_only_when_training_uses_them(pha
     plain = ["translation_views=false", "train_on_translations=false"]
     own = training_reports(load_pretrain_config(TINY, plain), manifest)
     assert own == [t for s in train for t in (s.report, *s.reports.values()) if t]
+    twins = [s.in_language(lang) for s in train for lang in s.languages()]
     for flag in ("translation_views", "train_on_translations"):
         both = training_reports(load_pretrain_config(TINY, [*plain, f"{flag}=true"]), manifest)
-        twins = [s.in_language(lang) for s in train for lang in s.languages()]
         assert both == [t for s in twins for t in (s.report, *s.reports.values()) if t]
         assert len(both) > len(own) and {s.report_lang for s in twins} == {"en", "zh"}
 
@@ -282,6 +282,7 @@ def test_translation_views_need_report_views(phantom, tmp_path):
         run_pretraining(cfg, phantom / "cohort" / "manifest.csv", tmp_path / "run", cache=phantom / "cache",
                         progress=False)
     assert err.value.field == "translation_views"
+    assert not (tmp_path / "run" / "prepare.json").exists()  # refused before any cache work
 
 
 def test_cache_made_with_other_preprocessing_is_refused(phantom, tmp_path):

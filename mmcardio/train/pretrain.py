@@ -234,6 +234,10 @@ def build_model(cfg: PretrainConfig):
     )
 
     model = CardioCLIP(build_config(model_config_dict(cfg)))
+    if cfg.stage == "align" and cfg.translation_views and not model.config.report_views:
+        raise ConfigError("translation views are report views drawn in another language, but the model "
+                          "has report_views off; set model_overrides.report_views: true or leave this "
+                          "off", field="translation_views")
     if cfg.init_from is not None:
         weights = Path(cfg.init_from) / WEIGHTS_FILE
         if not weights.is_file():
@@ -690,10 +694,6 @@ def _prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: 
         log.warning("%d studies failed to decode and are left out (see %s): %s", len(failed),
                     out / "prepare.json", sorted(failed)[:10])
     train_studies = [s for s in _studies_for_run(cfg, studies, modalities) if s.study_id not in failed]
-    if cfg.stage == "align" and cfg.translation_views and not model.config.report_views:
-        raise ConfigError("translation views are report views drawn in another language, but the model "
-                          "has report_views off; set model_overrides.report_views: true or leave this "
-                          "off", field="translation_views")
     dataset = StudyDataset(train_studies, preprocess, cache_dir=cache_dir, train=True, modalities=modalities,
                            sample_sentences=cfg.sample_sentences, text_unit=cfg.text_unit,
                            translations=cfg.train_on_translations, view_translations=cfg.translation_views,
