@@ -16,6 +16,10 @@ findings its modalities can show (`SHOWN_BY`): ECG labels need an ECG, `reduced_
 `lv_dilation` and `thick_walls` need echo or CMR, calcium labels need CT. Image labels are
 computed from the clinically reported (rounded) numbers, so a label never contradicts the
 number in the report or the manifest; sampled values keep a margin from every threshold.
+`reduced_ef` (LVEF < 40%) is left out, as not stated, for a study whose echo or CMR report
+calls the LVEF mildly reduced (40-51%): such a report is neither the finding nor its normal
+negative, and scoring it either way would grade a model on a label its text contradicts
+(CheXpert leaves uncertain mentions out of its metrics the same way).
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ SHOWN_BY: Mapping[str, tuple[str, ...]] = MappingProxyType(
 #: Upper normal LV end-diastolic volume by sex (ASE/EACVI 2015 chamber quantification, 2-D echo).
 LVEDV_UPPER_NORMAL_ML = MappingProxyType({"F": 106.0, "M": 150.0})
 REDUCED_EF_PCT, THICK_WALL_MM, SEVERE_AGATSTON, LVH_SOKOLOW_MV = 40.0, 13.0, 400.0, 3.5
+#: Lower limit of normal LVEF (ASE/EACVI 2015); reports call 40-51% mildly reduced.
+NORMAL_EF_PCT = 52.0
 BRADY_BPM, TACHY_BPM, LONG_PR_MS = 60.0, 100.0, 200.0
 
 #: Share of studies with each modality: an imaging cohort's (most have ECG and echo; CMR in a
@@ -157,12 +163,21 @@ class PatientTruth:
     findings: dict[str, int] = field(default_factory=dict)
 
     def labels(self) -> dict[str, int]:
-        """Findings that this study's modalities can show."""
+        """Findings that this study's modalities can show and its reports settle."""
+        unsettled = {"reduced_ef"} if self.ef_mildly_reduced() else set()
         return {
             name: value
             for name, value in self.findings.items()
-            if any(m in self.modalities for m in SHOWN_BY[name])
+            if any(m in self.modalities for m in SHOWN_BY[name]) and name not in unsettled
         }
+
+    def ef_mildly_reduced(self) -> bool:
+        """True when an echo or CMR report of this study states an LVEF of 40-51%."""
+        return any(
+            REDUCED_EF_PCT <= report_round("lvef", values["lvef"].value) < NORMAL_EF_PCT
+            for modality, values in self.measurements.items()
+            if modality in SHOWN_BY["reduced_ef"] and modality in self.modalities and "lvef" in values
+        )
 
     def reported(self) -> dict[str, Measurement]:
         """The clinically reported numbers: one value per key, rounded as a report states it."""
