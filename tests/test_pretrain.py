@@ -233,7 +233,7 @@ def test_mae_stage_trains_the_ecg_tower_only_and_reports_reconstruction(phantom,
     assert sigmoid.logit_bias.item() == sigmoid.config.init_logit_bias
     assert sigmoid.logit_scale.item() == pytest.approx(sigmoid.config.init_logit_scale)
     with pytest.raises(ConfigError, match="do not fit.*towers.ecg"):  # another architecture is still refused
-        build_model(load_pretrain_config(TINY, [f"init_from={out / 'final'}", "model_overrides.towers.ecg.depth=3"]))
+        build_model(load_pretrain_config(TINY, [f"init_from={out / 'final'}", "model_overrides.towers.ecg.depth=2"]))
 
 
 def test_mean_predictor_and_pearson_against_numpy():
