@@ -69,8 +69,8 @@ NORMAL_EF_PCT = 52.0
 BRADY_BPM, TACHY_BPM, LONG_PR_MS = 60.0, 100.0, 200.0
 
 #: Share of studies with each modality: an imaging cohort's (most have ECG and echo; CMR in a
-#: research cohort such as UK Biobank's imaging visit). CMR at 0.6 gives a 600-study demo test
-#: split about 15 reduced-EF CMR studies, enough for its AUROC to mean something.
+#: research cohort such as UK Biobank's imaging visit). CMR at 0.6 gives an 800-study demo test
+#: split about 20 reduced-EF CMR studies, enough for its AUROC to mean something.
 MODALITY_PROBABILITY = MappingProxyType({"ecg": 0.9, "echo": 0.8, "cmr": 0.6, "ct": 0.4})
 A2C_PROBABILITY = 0.85
 CHINESE_REPORT_PROBABILITY = 0.3
