@@ -174,7 +174,7 @@ class PatientTruth:
     def ef_mildly_reduced(self) -> bool:
         """True when an echo or CMR report of this study states an LVEF of 40-51%."""
         return any(
-            REDUCED_EF_PCT <= report_round("lvef", values["lvef"].value) < NORMAL_EF_PCT
+            mildly_reduced_ef(report_round("lvef", values["lvef"].value))
             for modality, values in self.measurements.items()
             if modality in SHOWN_BY["reduced_ef"] and modality in self.modalities and "lvef" in values
         )
@@ -193,6 +193,11 @@ class PatientTruth:
     def update_findings(self) -> None:
         """(Re)derive all findings from the parameters and the reported numbers."""
         self.findings = derive_findings(self)
+
+
+def mildly_reduced_ef(lvef_pct: float) -> bool:
+    """An LVEF that reports call mildly reduced: below normal, not the reduced-EF finding."""
+    return REDUCED_EF_PCT <= lvef_pct < NORMAL_EF_PCT
 
 
 def report_round(key: str, value: float) -> float:

@@ -20,11 +20,11 @@ import numpy as np
 
 from mmcardio.datasets.synthetic.findings import (
     LVEDV_UPPER_NORMAL_ML,
-    NORMAL_EF_PCT,
     REDUCED_EF_PCT,
     SEVERE_AGATSTON,
     THICK_WALL_MM,
     PatientTruth,
+    mildly_reduced_ef,
     report_round,
 )
 from mmcardio.study import LANGS
@@ -558,7 +558,7 @@ def _ventricle_sentences(truth: PatientTruth, modality: str, w: _Writer) -> list
             w.say(FINDING_SENTENCES["reduced_ef"], grade="severe" if ef < 30 else "moderate", **n)
         ]
     else:
-        out = [w.say(STATEMENTS["ef_mild" if ef < NORMAL_EF_PCT else "ef_normal"], **n)]
+        out = [w.say(STATEMENTS["ef_mild" if mildly_reduced_ef(ef) else "ef_normal"], **n)]
     dilated = edv > LVEDV_UPPER_NORMAL_ML[truth.sex]
     out.append(
         w.say(FINDING_SENTENCES["lv_dilation"] if dilated else STATEMENTS["size_normal"], **n)
