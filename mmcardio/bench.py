@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 import mmcardio
 from mmcardio.config import read_mapping
-from mmcardio.datasets.cohort import as_preprocess
-from mmcardio.datasets.readers.dicom import read_dicom_series
+from mmcardio.datasets.preprocess_config import as_preprocess
+from mmcardio.datasets.readers.dicom_series import read_dicom_series
 from mmcardio.datasets.readers.ecg import read_ecg
 from mmcardio.datasets.readers.nifti import read_nifti
 from mmcardio.datasets.readers.video import read_video
@@ -45,9 +45,11 @@ from mmcardio.encoders.ecg import N_LEADS
 from mmcardio.encoders.registry import get_config, list_configs
 from mmcardio.errors import MMCardioError
 from mmcardio.modality import ECHO_VIEWS
-from mmcardio.model import CONFIG_FILE, CardioCLIP, CardioCLIPConfig, build_config, create_model
+from mmcardio.model import CardioCLIP, create_model
+from mmcardio.model_config import CONFIG_FILE, CardioCLIPConfig, build_config
 from mmcardio.retrieval.index import IndexParams, build_faiss
 from mmcardio.retrieval.keys import KINDS
+from mmcardio.study import LANGUAGES
 
 SECTIONS = ("towers", "text", "readers", "index")
 #: Measurements each section makes (the progress bar's steps), apart from the towers' two
@@ -57,7 +59,6 @@ QUERIES, TOP_K = 100, 10
 #: The scratch text tower's vocabulary is learned from this many phantom reports, whatever the
 #: batch size, so tokens per text compare across runs.
 TOKENIZER_REPORTS = 64
-REPORT_LANGS = ("en", "zh")
 MIB = 2**20
 
 
@@ -236,7 +237,7 @@ def bench_towers(model: CardioCLIP, options: BenchOptions, bar: tqdm | None = No
 def phantom_reports(n: int) -> list[str]:
     """`n` phantom cohort reports, English and Chinese in turn."""
     rng = np.random.default_rng(0)
-    return [write_report(truth, REPORT_LANGS[i % len(REPORT_LANGS)], rng)
+    return [write_report(truth, LANGUAGES[i % len(LANGUAGES)], rng)
             for i, truth in enumerate(cohort_truths(n, seed=0))]
 
 
@@ -248,7 +249,7 @@ def bench_text(model: CardioCLIP, options: BenchOptions, bar: tqdm | None = None
     tokens = model.text.tokenize(texts)["attention_mask"].sum(1).float().mean().item()
     encode = partial(model.encode_text, texts)
     return {"parameters": parameter_count(model.text, model.text_head), "texts": len(texts),
-            "languages": list(REPORT_LANGS), "mean_tokens_per_text": tokens,
+            "languages": list(LANGUAGES), "mean_tokens_per_text": tokens,
             **speed(model, encode, encode, len(texts), "texts", options, bar, "text"),
             "peak_rss_mib": peak_rss_mib()}
 

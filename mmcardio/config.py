@@ -2,13 +2,16 @@
 
 `load_config(path, Cls)` refuses unknown keys and wrong types with an error that names the
 file and the field, so a typo in a run config fails at start, not after an hour of training.
+`parse_overrides` and `deep_merge` layer command-line `--set key=value` items over a file.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +21,30 @@ from mmcardio.errors import ConfigError
 from mmcardio.io import write_text
 
 T = TypeVar("T")
+
+#: A float in exponent form, with or without a dot ("1e-3", "1.0e3"): YAML 1.2 reads it as a
+#: float, YAML 1.1 (which PyYAML implements) as a string unless it has a dot and a signed exponent.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that reads exponent floats as floats."""
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes strings `_YamlLoader` would read as floats."""
+
+
+for _cls in (_YamlLoader, _YamlDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+.0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False)
 
 
 def from_dict(cls: type[T], data: dict, source: str = "<dict>", prefix: str = "") -> T:
@@ -48,11 +75,10 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
         return {k: from_dict(args[1], v, source, f"{name}.{k}.") for k, v in value.items()}
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         return origin(value)
-    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"expected a number, got {value!r}", source, name) from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", source, name)
+        return float(value)
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"expected {tp.__name__}, got {value!r}", source, name)
     return value
@@ -69,7 +95,7 @@ def read_mapping(path: str | Path) -> dict:
         raise ConfigError("config file does not exist", path)
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise ConfigError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}", path)
     return data or {}
@@ -84,5 +110,28 @@ def load_config(path: str | Path, cls: type[T], overrides: dict | None = None) -
 def save_config(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     data = to_dict(obj)
-    text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
-    return write_text(path, text)
+    return write_text(path, json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else dump_yaml(data))
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """["a.b=1", "c=[1, 2]"] -> {"a": {"b": 1}, "c": [1, 2]} (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {item!r}", field="--set")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = load_yaml(value)
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`base` updated by `extra`, recursing into nested mappings (inputs unchanged)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if nested else value
+    return merged

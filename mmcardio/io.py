@@ -1,13 +1,25 @@
-"""Atomic writes: a crash or a bad input never leaves a half-written file behind."""
+"""Atomic writes: a crash or a bad input never leaves a half-written file or folder behind.
+
+Files are written beside their place and renamed over it. A folder that already exists is
+swapped with its replacement in one step (Linux `renameat2(RENAME_EXCHANGE)`); where the
+system cannot swap, the old folder is moved aside first, and a kill between the two renames
+is repaired by the next write of that path. Temporaries of dead processes are removed then.
+"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 @contextlib.contextmanager
@@ -18,17 +30,68 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    _clean_stale_temporaries(path)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent))
+    tmp = work / path.name
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
-            old = tmp.parent / (path.name + ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
+            _replace_folder(tmp, path, work / (path.name + ".old"))
         else:
             os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace_folder(new: Path, path: Path, aside: Path) -> None:
+    """Put folder `new` at `path` (which exists): one atomic swap, or two renames."""
+    if _exchange(new, path):
+        return
+    os.replace(path, aside)  # from here until the next line, `path` is missing: see below
+    os.replace(new, path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
+    rename = getattr(_libc(), "renameat2", None)
+    if rename is None:
+        return False
+    if rename(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # file system or kernel without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _clean_stale_temporaries(path: Path) -> None:
+    """Remove `path`'s temporaries left by dead processes; finish a folder swap that a kill
+    cut between its two renames (the new folder was complete, the old one set aside)."""
+    for work in path.parent.glob(f".{path.name}.*"):
+        pid = work.name.removeprefix(f".{path.name}.").split(".", 1)[0]
+        if not work.is_dir() or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if not path.exists() and (work / (path.name + ".old")).exists() and (work / path.name).exists():
+            os.replace(work / path.name, path)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: str | Path, text: str) -> Path:

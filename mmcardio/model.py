@@ -9,29 +9,32 @@ tokenizer/) that load without the original text model.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from mmcardio.config import from_dict, read_mapping, to_dict
+from mmcardio.config import read_mapping, to_dict
 from mmcardio.encoders.registry import config_path, create_encoder, encoder_config, get_config
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import atomic_path, write_json
-from mmcardio.losses import LOSSES, REPORT_VIEW, STUDY
-from mmcardio.modality import STUDY_MODALITIES
+from mmcardio.losses import REPORT_VIEW, STUDY
+from mmcardio.model_config import (
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    CardioCLIPConfig,
+    build_config,
+)
+from mmcardio.processor import CardioProcessor
 from mmcardio.study import Study
 
-FUSIONS = ("mean", "attention")
-MODEL_TYPE = "cardioclip"
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 TEXT_LENGTH_BUCKETS = 4
 
 
@@ -41,114 +44,6 @@ LOSS_ONLY_PARAMETERS = frozenset({"logit_bias"})
 #: State that weights saved before it existed lack; it then keeps its default (a zero
 #: `query_center`: search queries are not centred).
 OPTIONAL_STATE = frozenset({"query_center"})
-
-
-@dataclass
-class CardioCLIPConfig:
-    """A CardioCLIP. `towers` maps modality -> encoder config (a dict, or a registry name /
-    JSON path that `build_config` replaces by its dict); `text` likewise for the text tower.
-
-    preprocess: the data pipeline's preprocessing config, stored verbatim so inference
-    prepares inputs exactly as training did. fusion: how `encode_study` merges modalities,
-    "mean" (of present embeddings, re-normalised) or "attention" (learned weights, trained by
-    aligning the fused study embedding with the text as one more term of the loss).
-    report_views: one more loss term aligns two random sentence subsets of each training
-    report with each other (the data pipeline draws the second as "text_view"): the text
-    tower must then place a sentence near the reports that contain it, including findings
-    the study towers do not show yet, which gives them a text direction to learn towards.
-    cross_modal_pairs: modality pairs also aligned with each other on the studies that have
-    both: ECG with echo serves cross-modal search (but asks the ECG tower for what only an
-    echo shows; cardioclip-tiny leaves it out, see the README); echo with CMR, which image
-    the same ventricle, lets the CMR tower (fewer studies) learn size and function from the
-    echo tower as well as from its report.
-    """
-
-    embed_dim: int = 512
-    towers: dict[str, Any] = field(default_factory=dict)
-    text: Any = field(default_factory=dict)
-    loss: str = "clip"
-    init_logit_scale: float = math.log(1 / 0.07)
-    init_logit_bias: float = -10.0
-    cross_modal_pairs: list[list[str]] = field(default_factory=list)
-    preprocess: dict = field(default_factory=dict)
-    fusion: str = "mean"
-    report_views: bool = False
-    model_type: str = MODEL_TYPE
-
-    def __post_init__(self) -> None:
-        known = [str(m) for m in STUDY_MODALITIES]
-        checks = [
-            (
-                "model_type",
-                self.model_type == MODEL_TYPE,
-                f"expected {MODEL_TYPE!r}, got {self.model_type!r}",
-            ),
-            ("loss", self.loss in LOSSES, f"expected one of {LOSSES}, got {self.loss!r}"),
-            ("fusion", self.fusion in FUSIONS, f"expected one of {FUSIONS}, got {self.fusion!r}"),
-            (
-                "towers",
-                bool(self.towers) and set(self.towers) <= set(known),
-                f"expected a mapping from some of {known} to encoder configs, "
-                f"got {sorted(self.towers)}",
-            ),
-            ("embed_dim", self.embed_dim > 0, f"expected a positive size, got {self.embed_dim}"),
-        ]
-        for pair in self.cross_modal_pairs:
-            checks.append(
-                (
-                    "cross_modal_pairs",
-                    len(pair) == 2 and pair[0] != pair[1] and set(pair) <= set(self.towers),
-                    f"each pair names two different towers of {sorted(self.towers)}, got {pair}",
-                )
-            )
-        for name, ok, problem in checks:
-            if not ok:
-                raise ConfigError(problem, field=name)
-
-
-def build_config(data: dict, source: str = "<dict>") -> CardioCLIPConfig:
-    """A validated config with every tower given as its full dict (names and paths resolved,
-    defaults filled in), so a saved config.json stands on its own."""
-    try:
-        config = from_dict(CardioCLIPConfig, data, source)
-    except ConfigError as err:
-        raise ConfigError(err.problem, source, err.field) from None
-    towers = {
-        m: to_dict(encoder_config(m, spec, source, f"towers.{m}."))
-        for m, spec in config.towers.items()
-    }
-    text = to_dict(encoder_config("text", config.text, source, "text."))
-    config = dataclasses.replace(config, towers=towers, text=text)
-    _check_preprocess(config, source)
-    return config
-
-
-def _check_preprocess(config: CardioCLIPConfig, source: str) -> None:
-    """Refuse preprocessing sizes the towers cannot take (checked for the keys present)."""
-    pre, towers = config.preprocess, config.towers
-
-    def get(mod: str, key: str) -> Any:
-        return (pre.get(mod) or {}).get(key) if mod in towers else None
-
-    rules = [  # (preprocess key, tower key, ok(pre value, tower value))
-        ("ecg", "fs", "input_fs", lambda p, t: float(p) == float(t)),
-        ("ecg", "samples", "input_samples", lambda p, t: p <= t),
-        ("echo", "frames", "input_frames", lambda p, t: p <= t),
-        ("echo", "size", "input_size", lambda p, t: list(p) == list(t)),
-        ("cmr", "phases", "input_phases", lambda p, t: p <= t),
-        ("cmr", "slices", "input_slices", lambda p, t: p <= t),
-        ("cmr", "size", "input_size", lambda p, t: list(p) == list(t)),
-        ("ct", "shape", "input_size", lambda p, t: list(p) == list(t)),
-    ]
-    for mod, pre_key, tower_key, ok in rules:
-        value = get(mod, pre_key)
-        if value is not None and not ok(value, towers[mod][tower_key]):
-            raise ConfigError(
-                f"preprocessing gives {value} but the {mod} tower takes "
-                f"towers.{mod}.{tower_key} = {towers[mod][tower_key]}",
-                source,
-                f"preprocess.{mod}.{pre_key}",
-            )
 
 
 class StudyFusion(nn.Module):
@@ -355,38 +250,43 @@ class CardioCLIP(nn.Module):
 
         return (rows_of(whole) if whole else None), {m: rows_of(v) for m, v in exams.items()}
 
+    def encode_studies(
+        self, inputs: dict[str, dict], batch_size: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Embeddings of a batch of `batch_size` studies from `inputs` {modality: {tensors,
+        "rows"}} (a collated batch; keys without a tower are ignored): unit-norm features
+        {modality: [n, D], "study": [k, D] fused}, the batch rows of each, and the towers'
+        extra outputs {modality: [n, ...]} (the echo view weights)."""
+        features, rows, extras = {}, {}, {}
+        for m in self.towers:
+            if m in inputs:
+                features[m], extra = self._embed(m, inputs[m])
+                rows[m] = inputs[m]["rows"].to(self.device)
+                if extra is not None:
+                    extras[m] = extra
+        if features:
+            features[STUDY], rows[STUDY] = self.fuse(features, rows, batch_size)
+        return features, rows, extras
+
     @torch.no_grad()
     def encode_study(self, study_inputs: dict[str, dict] | Study) -> dict[str, torch.Tensor]:
         """Embeddings [D] of one study: one per modality, the fused "study", and the echo
         "echo_view_weights" [V]. Takes preprocessed tensors per modality (unbatched, or with a
-        batch of 1), or a `Study`, preprocessed with this model's stored `preprocess` config.
+        batch of 1), or a `Study`, read and preprocessed by this model's `CardioProcessor`.
         Call `model.eval()` first."""
         if isinstance(study_inputs, Study):
-            from mmcardio.datasets.cohort import (
-                preprocess_study,  # the data pipeline imports this module
-            )
-
-            study_inputs = preprocess_study(study_inputs, self.config.preprocess)
-        out: dict[str, torch.Tensor] = {}
-        features, rows = {}, {}
-        for m, tower in self.towers.items():
-            if m not in study_inputs:
-                continue
-            emb, extra = self._embed(m, _as_batch_of_one(tower, study_inputs[m]))
-            features[m], rows[m], out[m] = (
-                emb,
-                torch.zeros(1, dtype=torch.long, device=self.device),
-                emb[0],
-            )
-            if extra is not None:
-                out[f"{m}_view_weights"] = extra[0]
-        if not features:
+            study_inputs = CardioProcessor.from_model(self)(study_inputs)
+        row = torch.zeros(1, dtype=torch.long, device=self.device)
+        batch = {m: {**_as_batch_of_one(tower, study_inputs[m]), "rows": row}
+                 for m, tower in self.towers.items() if m in study_inputs}
+        if not batch:
             raise ValueError(
                 f"the study has none of this model's modalities {self.modalities}; "
                 f"got {sorted(study_inputs)}"
             )
-        out[STUDY] = self.fuse(features, rows, 1)[0][0]
-        return out
+        features, _, extras = self.encode_studies(batch, 1)
+        return {**{k: v[0] for k, v in features.items()},
+                **{f"{m}_view_weights": v[0] for m, v in extras.items()}}
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -426,23 +326,60 @@ class CardioCLIP(nn.Module):
                 folder,
             )
         config = build_config(read_mapping(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
+        with torch.device("meta"):  # sizes only: a config that does not fit is refused unbuilt
+            skeleton = cls(config, text_folder=folder / TOKENIZER_DIR)
+        check_weights_fit(skeleton, folder / WEIGHTS_FILE, fits=CONFIG_FILE, allow_missing=OPTIONAL_STATE)
         model = cls(config, text_folder=folder / TOKENIZER_DIR)
-        weights = folder / WEIGHTS_FILE
-        try:
-            absent, unexpected = load_model(model, str(weights), strict=False, device=str(device))
-        except (RuntimeError, OSError) as err:  # shape mismatches, unreadable file
-            raise MMCardioError(f"weights do not fit {CONFIG_FILE}: {err}", weights) from None
-        absent, unexpected = sorted(set(absent) - OPTIONAL_STATE), sorted(unexpected)
-        if absent or unexpected:
-            raise MMCardioError(
-                f"weights do not fit {CONFIG_FILE}: missing {few_names(absent)}, "
-                f"unexpected {few_names(unexpected)}",
-                weights,
-            )
+        load_weights(model, folder / WEIGHTS_FILE, fits=CONFIG_FILE, allow_missing=OPTIONAL_STATE,
+                     device=device)
         return model.to(device)
 
 
-def few_names(names: list[str], k: int = 5) -> str:
+def load_weights(model: nn.Module, file: str | Path, *, fits: str, field: str | None = None,
+                 allow_missing: frozenset[str] = frozenset(),
+                 allow_unexpected: frozenset[str] = frozenset(),
+                 device: str | torch.device = "cpu") -> set[str]:
+    """Load a safetensors file into a built model once `check_weights_fit` passes; returns the
+    allowed names that were missing from the file or unexpected in it."""
+    allowed = check_weights_fit(model, file, fits=fits, field=field, allow_missing=allow_missing,
+                                allow_unexpected=allow_unexpected)
+    try:
+        load_model(model, str(file), strict=False, device=str(device))
+    except (RuntimeError, OSError, SafetensorError) as err:  # a file damaged past its header
+        raise ConfigError(f"weights cannot be read: {err}", file, field) from None
+    return allowed
+
+
+def check_weights_fit(model: nn.Module, file: str | Path, *, fits: str, field: str | None = None,
+                      allow_missing: frozenset[str] = frozenset(),
+                      allow_unexpected: frozenset[str] = frozenset()) -> set[str]:
+    """Compare a safetensors file's header (names and shapes; no tensor is read) with the
+    state of `model`, which may live on the meta device. Returns the allowed misfits; any
+    other raises a ConfigError naming `file`, `field` and the misfits ("weights do not fit
+    {fits}: ..."). Tied parameters (one tensor, several names) need one of their names."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            names = fh.keys()  # safe_open is not iterable
+            stored = {name: list(fh.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"not a readable safetensors file ({err})", file, field) from None
+    state = model.state_dict(keep_vars=True)  # tied names hold the same Parameter object
+    tied: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        tied.setdefault(id(tensor), []).append(name)
+    reshaped = [f"{name} {stored[name]} (expected {list(tensor.shape)})" for name, tensor in state.items()
+                if name in stored and stored[name] != list(tensor.shape)]
+    missing = {names[0] for names in tied.values() if not any(n in stored for n in names)}
+    unexpected = set(stored) - set(state)
+    wrong_missing, wrong_unexpected = sorted(missing - allow_missing), sorted(unexpected - allow_unexpected)
+    if reshaped or wrong_missing or wrong_unexpected:
+        raise ConfigError(f"weights do not fit {fits}: other shapes {_few_names(reshaped)}, missing "
+                          f"{_few_names(wrong_missing)}, unexpected {_few_names(wrong_unexpected)}",
+                          file, field)
+    return missing | unexpected
+
+
+def _few_names(names: list[str], k: int = 5) -> str:
     """The first `k` names and how many more, for error messages."""
     return f"{names[:k]}" + (f" and {len(names) - k} more" if len(names) > k else "")
 

@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
 #: Standard 12-lead order used everywhere in the package.
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+class Label(IntEnum):
+    """Label values of every segmentation mask in the package (phantom truth, SAM predictions)."""
+
+    BACKGROUND = 0
+    LV_CAVITY = 1
+    LV_MYOCARDIUM = 2
+    RV_CAVITY = 3
+    LA_CAVITY = 4
+    AORTA = 5
+    CORONARY_CALCIUM = 6
 
 
 @dataclass
@@ -86,7 +99,8 @@ class Volume:
 
     spacing_mm: (z, y, x) voxel size. affine: 4x4 mapping the array index (z, y, x, 1) to
     RAS+ world coordinates in mm (nibabel's convention; DICOM LPS is converted by the reader).
-    units: "HU" for CT (rescale applied), "a.u." for MR, "label" for segmentation label maps.
+    units: "HU" for CT (rescale applied), "a.u." for MR, "label" for segmentation label maps
+    (values of `Label`).
     frame_times_ms: trigger time of each t index for 4-D cines.
     """
 

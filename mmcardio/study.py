@@ -4,8 +4,10 @@ Columns: study_id, patient_id, split, ecg, echo, cmr, ct, masks, report, reports
 translations, age, sex, labels, measurements. Paths are relative to the manifest's folder (or absolute).
 Structured cells in CSV are JSON (`echo`: [{"path": ..., "view": "A4C"}], `masks`:
 {"echo:A4C": path, "cmr": path}, `reports`: {"ecg": "Sinus rhythm...", "echo": "..."},
-`translations`: {"zh": {"report": "...", "ecg": "..."}}, `labels`: {"afib": 1}, `measurements`: {"lvef": {"value": 55.0, "unit": "%"}}); `echo` also
-accepts the short form "A4C=a4c.dcm;A2C=a2c.mp4".
+`translations`: {"zh": {"report": "...", "ecg": "..."}}, `labels`: {"afib": 1}, `measurements`:
+{"lvef": {"value": 55.0, "unit": "%"}}); `echo` also accepts the short form
+"A4C=a4c.dcm;A2C=a2c.mp4". Every reader of a manifest applies the same row checks
+(`read_manifest` stops at the first bad row, `validate_manifest` lists them all).
 
 `report` is the study's whole report; `reports` (optional) holds each exam's own report by
 modality, as hospitals file them (the ECG read, the echo report, ...). Training aligns each
@@ -19,9 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -32,10 +35,12 @@ from mmcardio.modality import STUDY_MODALITIES, Modality
 COLUMNS = ("study_id", "patient_id", "split", "ecg", "echo", "cmr", "ct", "masks", "report",
            "reports", "report_lang", "translations", "age", "sex", "labels", "measurements")
 REQUIRED = ("study_id", "patient_id")
-STRUCTURED = ("echo", "masks", "reports", "translations", "labels", "measurements")  # JSON cells in CSV
 SPLITS = ("train", "val", "test")
-LANGS = ("en", "zh")
+#: Report languages, the one list of the package (manifests, prompts, phantom reports, bench).
+LANGUAGES = ("en", "zh")
 SEXES = ("F", "M")
+#: Environment variable naming a folder that every manifest's files must lie in.
+DATA_ROOT_ENV = "MMCARDIO_DATA_ROOT"
 
 
 @dataclass
@@ -147,13 +152,50 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or _empty(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_map(value: Any, item_ok: Callable[[Any], bool]) -> bool:
+    return isinstance(value, dict) and all(item_ok(v) for v in value.values())
+
+
+#: The JSON cells (in CSV; native values in JSONL/Parquet): the shape each holds, as errors
+#: state it, and its check.
+STRUCTURED: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "echo": ('a list [{"path": file, "view": "A4C"}, ...] or the short form "A4C=a4c.dcm;A2C=a2c.mp4"',
+             lambda v: isinstance(v, list) and all(
+                 isinstance(c, dict) and isinstance(c.get("path"), str) and c["path"] != ""
+                 and _is_text(c.get("view")) for c in v)),
+    "masks": ('an object {"echo:A4C": file, "cmr": file}',
+              lambda v: _is_map(v, lambda p: isinstance(p, str) and p != "")),
+    "reports": ("an object {modality: report text}", lambda v: _is_map(v, _is_text)),
+    "translations": ('an object {language: {"report": text, modality: exam report}}',
+                     lambda v: _is_map(v, lambda t: _is_map(t, _is_text))),
+    "labels": ("an object {finding: 0 or 1}",
+               lambda v: _is_map(v, lambda x: _is_number(x) and float(x).is_integer())),
+    "measurements": ('an object {name: {"value": number, "unit": text}}',
+                     lambda v: _is_map(v, lambda m: isinstance(m, dict) and _is_number(m.get("value"))
+                                       and isinstance(m.get("unit"), str))),
+}
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _structured(value: Any, column: str) -> Any:
     """Parse a JSON cell (CSV) or pass through a native value (JSONL/Parquet)."""
     if _empty(value):
         return None
     if isinstance(value, str):
         text = value.strip()
-        if column == "echo" and not text.startswith("["):
+        if column == "echo" and not text.startswith(("[", "{")):  # the short form
             return [_short_echo(part) for part in text.split(";") if part.strip()]
         return json.loads(text)
     if hasattr(value, "tolist"):
@@ -175,45 +217,41 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
     def fail(column: str, message: str) -> ManifestError:
         return ManifestError(f"row {index}: {message}", source, column)
 
+    def text(column: str, default: str | None = None) -> str | None:
+        return default if _empty(row.get(column)) else str(row[column])
+
     for col in REQUIRED:
         if _empty(row.get(col)):
             raise fail(col, "is required and empty")
     parsed: dict[str, Any] = {}
-    for col in STRUCTURED:
+    for col, (expected, well_shaped) in STRUCTURED.items():
         try:
-            parsed[col] = _structured(row.get(col), col)
+            value = _structured(row.get(col), col)
         except json.JSONDecodeError as err:
-            raise fail(col, f"expected JSON, got {row.get(col)!r} ({err.msg})") from None
-    try:
-        echo = [EchoClip(path_of(c["path"]), str(c.get("view") or "OTHER").upper())
-                for c in parsed["echo"] or []]
-        measurements = {k: Measurement(float(v["value"]), str(v["unit"]))
-                        for k, v in (parsed["measurements"] or {}).items()}
-        labels = {k: int(v) for k, v in (parsed["labels"] or {}).items()}
-    except (KeyError, TypeError, ValueError) as err:
-        raise fail("echo/labels/measurements", f"malformed structured cell: {err}") from None
-    if not isinstance(parsed["reports"] or {}, dict):
-        raise fail("reports", f"expected a JSON object {{modality: report text}}, got {row.get('reports')!r}")
-    translations = parsed["translations"] or {}
-    if not isinstance(translations, dict) or not all(isinstance(t, dict) for t in translations.values()):
-        raise fail("translations", "expected a JSON object {language: {\"report\": text, modality: "
-                   f"exam report}}}}, got {row.get('translations')!r}")
+            raise fail(col, f"expected JSON, {expected}; got {_shown(row.get(col))} ({err.msg})") from None
+        if value is not None and not well_shaped(value):
+            raise fail(col, f"expected {expected}; got {_shown(row.get(col))}")
+        parsed[col] = value if value is not None else ([] if col == "echo" else {})
     age = row.get("age")
+    try:
+        age = None if _empty(age) else float(age)
+    except (TypeError, ValueError):
+        raise fail("age", f"expected years as a number, got {_shown(age)}") from None
     return Study(
-        study_id=str(row["study_id"]), patient_id=str(row["patient_id"]),
-        split=str(row.get("split") or "train"),
-        ecg=None if _empty(row.get("ecg")) else path_of(row["ecg"]), echo=echo,
+        study_id=text("study_id"), patient_id=text("patient_id"), split=text("split", "train"),
+        ecg=None if _empty(row.get("ecg")) else path_of(row["ecg"]),
+        echo=[EchoClip(path_of(c["path"]), str(c.get("view") or "OTHER").upper()) for c in parsed["echo"]],
         cmr=None if _empty(row.get("cmr")) else path_of(row["cmr"]),
         ct=None if _empty(row.get("ct")) else path_of(row["ct"]),
-        masks={k: path_of(v) for k, v in (parsed["masks"] or {}).items()},
-        report="" if _empty(row.get("report")) else str(row["report"]),
-        reports={str(k): str(v) for k, v in (parsed["reports"] or {}).items() if not _empty(v)},
-        report_lang=str(row.get("report_lang") or "en"),
-        translations={str(lang): {str(k): str(v) for k, v in t.items() if not _empty(v)}
-                      for lang, t in translations.items()},
-        age=None if _empty(age) else float(age),
-        sex=None if _empty(row.get("sex")) else str(row["sex"]).upper()[:1],
-        labels=labels, measurements=measurements,
+        masks={str(k): path_of(v) for k, v in parsed["masks"].items()},
+        report=text("report", ""), reports={str(k): v for k, v in parsed["reports"].items() if not _empty(v)},
+        report_lang=text("report_lang", "en"),
+        translations={str(lang): {str(k): v for k, v in t.items() if not _empty(v)}
+                      for lang, t in parsed["translations"].items()},
+        age=age, sex=None if _empty(row.get("sex")) else str(row["sex"]).upper()[:1],
+        labels={str(k): int(v) for k, v in parsed["labels"].items()},
+        measurements={str(k): Measurement(float(m["value"]), m["unit"])
+                      for k, m in parsed["measurements"].items()},
     )
 
 
@@ -237,18 +275,53 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return frame.to_dict(orient="records")
 
 
-def read_manifest(path: str | Path) -> list[Study]:
-    """Read and parse every row; raises at the first malformed row (use `validate` to list all)."""
+def read_manifest(path: str | Path, data_root: str | Path | None = None) -> list[Study]:
+    """Read, parse and check every row (the checks `validate_manifest` lists); raises a
+    ManifestError naming the row, the column and what was expected at the first bad row.
+
+    data_root: a folder every file of the manifest must lie in, symlinks resolved (default:
+    `MMCARDIO_DATA_ROOT` when set, else anywhere)."""
     path = Path(path)
-    root = path.resolve().parent
-    studies = [study_from_row(r, root, i, str(path)) for i, r in enumerate(read_rows(path))]
-    seen: dict[str, int] = {}
-    for i, s in enumerate(studies):
-        if s.study_id in seen:
-            raise ManifestError(f"row {i}: duplicate study_id {s.study_id!r} (first at row {seen[s.study_id]})",
-                                path, "study_id")
-        seen[s.study_id] = i
+    studies = []
+    for i, study, problems in checked_rows(read_rows(path), path, data_root):
+        if problems:
+            raise ManifestError(f"row {i}: {problems[0].message}", path, problems[0].column)
+        studies.append(study)
     return studies
+
+
+def checked_rows(rows: list[dict[str, Any]], path: Path, data_root: str | Path | None = None,
+                 ) -> Iterator[tuple[int, Study | None, list[Problem]]]:
+    """(row, parsed study or None, its problems) for every row: the rules of a manifest row,
+    shared by `read_manifest` (stops at the first problem) and `validate_manifest` (lists all)."""
+    root = path.resolve().parent
+    confined_to = _data_root(data_root)
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        try:
+            study = study_from_row(row, root, i, str(path))
+        except ManifestError as err:
+            yield i, None, [Problem(i, err.field, None, err.problem.removeprefix(f"row {i}: "))]
+            continue
+        yield i, study, _row_problems(study, i, seen) + _escaping_files(study, i, confined_to)
+
+
+def _data_root(given: str | Path | None) -> Path | None:
+    value = given if given is not None else os.environ.get(DATA_ROOT_ENV)
+    if not value:
+        return None
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise ManifestError("the data root is not a folder", root, DATA_ROOT_ENV if given is None else "data_root")
+    return root
+
+
+def _escaping_files(study: Study, i: int, root: Path | None) -> list[Problem]:
+    """A problem for each file that resolves (through .. and symlinks) outside `root`."""
+    if root is None:
+        return []
+    return [Problem(i, column, str(file), f"outside the data root {root}")
+            for column, file in study.files() if not file.resolve().is_relative_to(root)]
 
 
 def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
@@ -258,16 +331,14 @@ def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
     rows = [s.to_row(root) for s in studies]
     suffix = path.suffix.lower()
     with atomic_path(path) as tmp:
-        if suffix == ".csv":
+        if suffix in (".csv", ".parquet", ".pq"):
             frame = pd.DataFrame(rows, columns=list(COLUMNS))
-            for col in STRUCTURED:
+            for col in STRUCTURED:  # JSON text (in Parquet too: nested maps vary by row)
                 frame[col] = [json.dumps(v, ensure_ascii=False) for v in frame[col]]
-            frame.to_csv(tmp, index=False)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.DataFrame(rows, columns=list(COLUMNS))
-            for col in STRUCTURED:  # nested maps vary by row
-                frame[col] = [json.dumps(v, ensure_ascii=False) for v in frame[col]]
-            frame.to_parquet(tmp, index=False)
+            if suffix == ".csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
         elif suffix in (".jsonl", ".ndjson"):
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         else:
@@ -275,65 +346,8 @@ def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
     return path
 
 
-def validate_manifest(path: str | Path, read_files: bool = True, progress: bool = False,
-                      workers: int | None = None) -> list[Problem]:
-    """Every problem of every row and file, without stopping at the first (by row). Files are
-    decoded by `workers` processes (default: one per CPU)."""
-    path = Path(path)
-    try:
-        rows = read_rows(path)
-    except ManifestError as err:
-        return [Problem(None, None, str(path), err.problem)]
-    root = path.resolve().parent
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    to_read: list[tuple[int, str, Path]] = []
-    for i, row in enumerate(rows):
-        try:
-            study = study_from_row(row, root, i, str(path))
-        except ManifestError as err:
-            problems.append(Problem(i, err.field, None, err.problem.removeprefix(f"row {i}: ")))
-            continue
-        problems += _row_problems(study, i, seen)
-        for column, file in study.files():
-            if not file.exists():
-                problems.append(Problem(i, column, str(file), "file does not exist"))
-            elif read_files:
-                to_read.append((i, column, file))
-    problems += _unreadable(to_read, workers, progress)
-    return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
-
-
-def _unreadable(files: list[tuple[int, str, Path]], workers: int | None, progress: bool) -> list[Problem]:
-    """A problem for each (row, column, file) its reader refuses."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
-    workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
-    jobs = [(column, file) for _, column, file in files]
-    bar = {"total": len(files), "desc": "validate", "unit": "file", "disable": not progress}
-    if workers <= 1:
-        errors = list(tqdm(map(_read_error, jobs), **bar))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            errors = list(tqdm(pool.map(_read_error, jobs, chunksize=4), **bar))
-    return [Problem(i, column, str(file), error) for (i, column, file), error in zip(files, errors) if error]
-
-
-def _read_error(job: tuple[str, Path]) -> str | None:
-    """None if the file decodes, else why not (every reader failure is a problem to list)."""
-    from mmcardio.datasets.readers import read_for_column  # readers import numpy-heavy libs
-
-    column, file = job
-    try:
-        read_for_column(column, file)
-    except Exception as err:  # noqa: BLE001 - listed, not raised
-        return getattr(err, "problem", str(err))
-    return None
-
-
 def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
+    """The checks of parsed row `i` (`seen`: study_id -> first row, extended here)."""
     out = []
     if study.study_id in seen:
         out.append(Problem(i, "study_id", None, f"duplicate study_id {study.study_id!r} (first at row {seen[study.study_id]})"))
@@ -341,8 +355,8 @@ def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
         seen[study.study_id] = i
     if study.split not in SPLITS:
         out.append(Problem(i, "split", None, f"expected one of {SPLITS}, got {study.split!r}"))
-    if study.report_lang not in LANGS:
-        out.append(Problem(i, "report_lang", None, f"expected one of {LANGS}, got {study.report_lang!r}"))
+    if study.report_lang not in LANGUAGES:
+        out.append(Problem(i, "report_lang", None, f"expected one of {LANGUAGES}, got {study.report_lang!r}"))
     if study.sex is not None and study.sex not in SEXES:
         out.append(Problem(i, "sex", None, f"expected F or M, got {study.sex!r}"))
     if study.age is not None and not 0 <= study.age <= 120:
@@ -357,8 +371,8 @@ def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
         if key not in known:
             out.append(Problem(i, "reports", None, f"key {key!r}: expected a modality, one of {known}"))
     for lang, texts in study.translations.items():
-        if lang not in LANGS or lang == study.report_lang:
-            out.append(Problem(i, "translations", None, f"language {lang!r}: expected one of {LANGS} "
+        if lang not in LANGUAGES or lang == study.report_lang:
+            out.append(Problem(i, "translations", None, f"language {lang!r}: expected one of {LANGUAGES} "
                                f"other than the report's ({study.report_lang!r})"))
         for key in sorted(set(texts) - {"report", *known}):
             out.append(Problem(i, "translations", None, f"{lang}: key {key!r}: expected \"report\" or a "

@@ -30,7 +30,7 @@ def step(title: str, cmd: list[str], capture_json: bool = True) -> dict | None:
     """Run one user command, show it, and return its --json output."""
     print(f"\n== {title}\n$ {' '.join(str(c) for c in cmd)}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, text=True,
+    result = subprocess.run([str(c) for c in cmd], check=False, cwd=ROOT, text=True,
                             stdout=subprocess.PIPE if capture_json else None)
     if result.returncode != 0:
         sys.exit(f"demo: step '{title}' failed with exit code {result.returncode}")
@@ -55,15 +55,16 @@ def launch(config: Path, manifest: Path, cache: Path, out: Path, *overrides: str
 
 
 def read_examples(cohort: Path) -> dict:
-    """One file of each modality: the first through `mmcardio read` (as a user types it), the
-    others through the same reader in this process (a CLI process costs ~4 s to start)."""
-    from mmcardio import read
+    """The manifest's first file of each modality: the first through `mmcardio read` (as a user
+    types it), the others through the same reader in this process (a CLI process costs ~4 s to
+    start)."""
+    from mmcardio import read, read_manifest
 
-    rows = [json.loads(line) for line in (cohort / "truth.jsonl").read_text().splitlines()]
     files = {}
-    for row in rows:
-        for modality, info in row["files"].items():
-            files.setdefault(modality.split(":")[0], cohort / info["path"])
+    for study in read_manifest(cohort / "manifest.csv"):
+        for column, path in study.files():
+            if not column.startswith("masks."):
+                files.setdefault(column, path)
     (first, path), *rest = sorted(files.items())
     summaries = {first: step(f"read one {first} file", mmcardio("read", path))}
     for modality, path in rest:

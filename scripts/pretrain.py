@@ -1,16 +1,13 @@
-"""CardioCLIP pretraining under `accelerate launch` (same flags as `mmcardio pretrain`).
+"""CardioCLIP pretraining under `accelerate launch`: `mmcardio pretrain` as a script file.
 
     accelerate launch --multi_gpu --num_processes 2 scripts/pretrain.py \
         --config configs/pretrain/tiny.yaml --manifest cohort/manifest.csv --out runs/tiny
+
+is the same command as `accelerate launch ... -m mmcardio.cli pretrain --config ...`.
 """
 import sys
 
-from mmcardio.errors import MMCardioError
-from mmcardio.train.pretrain import main
+from mmcardio.cli import main
 
 if __name__ == "__main__":
-    try:
-        main()
-    except MMCardioError as err:
-        print(f"pretrain: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

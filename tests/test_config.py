@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mmcardio.config import load_config, save_config
+from mmcardio.config import deep_merge, load_config, parse_overrides, save_config
 from mmcardio.errors import ConfigError
 
 
@@ -59,3 +59,23 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     (tmp_path / "r.yaml").write_text("optim: {lr: fast}\n")
     with pytest.raises(ConfigError, match=r"field 'optim.lr'.*expected a number"):
         load_config(tmp_path / "r.yaml", Run)
+
+
+def test_exponent_floats_anywhere_and_strings_that_look_like_them_round_trip(tmp_path):
+    (tmp_path / "r.yaml").write_text("optim: {lr: 2E-4, betas: [0.9, 1e0]}\nname: '1e3'\n")
+    run = load_config(tmp_path / "r.yaml", Run)
+    assert run.optim == Optim(lr=2e-4, betas=[0.9, 1.0]) and run.name == "1e3"
+    assert load_config(save_config(Run(name="1e3"), tmp_path / "s.yaml"), Run).name == "1e3"
+
+
+def test_set_overrides_nest_dotted_keys_and_parse_values_as_yaml():
+    given = parse_overrides(["optim.lr=1e-3", "optim.betas=[0.9, 0.95]", "name=tiny", "resume=null"])
+    assert given == {"optim": {"lr": 1e-3, "betas": [0.9, 0.95]}, "name": "tiny", "resume": None}
+    with pytest.raises(ConfigError, match=r"field '--set'.*expected key=value, got 'steps'"):
+        parse_overrides(["steps"])
+
+
+def test_deep_merge_recurses_into_mappings_and_leaves_its_inputs_alone():
+    base, extra = {"optim": {"lr": 1.0, "betas": [0.9]}, "steps": 1}, {"optim": {"lr": 2.0}, "name": "x"}
+    assert deep_merge(base, extra) == {"optim": {"lr": 2.0, "betas": [0.9]}, "steps": 1, "name": "x"}
+    assert base == {"optim": {"lr": 1.0, "betas": [0.9]}, "steps": 1} and extra == {"optim": {"lr": 2.0}, "name": "x"}

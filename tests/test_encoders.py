@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -268,6 +269,31 @@ def test_package_model_path_resolves_to_the_shipped_folder():
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"  # hub names pass through
     with pytest.raises(ConfigError, match="no_such_package"):
         resolve_model_path("package:no_such_package")
+
+
+def test_package_model_path_never_runs_the_package(tmp_path, monkeypatch):
+    """A config naming `package:<module>` finds the folder without importing the module."""
+    package = tmp_path / "shipped_model"
+    (package / "model").mkdir(parents=True)
+    (package / "model" / "config.json").write_text("{}")
+    (package / "__init__.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_model_path("package:shipped_model") == str((package / "model").resolve())
+    assert not (tmp_path / "RAN").exists() and "shipped_model" not in sys.modules
+    with pytest.raises(ConfigError, match="no installed top-level package 'os.path'"):
+        resolve_model_path("package:os.path")  # a dotted name would import its parents
+
+
+def test_text_model_asking_for_remote_code_is_refused_quietly(tmp_path, capsys):
+    """A tokenizer config that maps to custom code is refused; nothing runs, stdout stays clean."""
+    (tmp_path / "evil.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').write('ran')\n")
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "evil.EvilModel"}}))
+    with pytest.raises(ConfigError, match="cannot load a text model"):
+        TextEncoder(TextEncoderConfig(model_name_or_path=str(tmp_path)))
+    assert not (tmp_path / "RAN").exists() and capsys.readouterr().out == ""
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mmcardio.adapters.calcium import agatston_score, measure_ct
 from mmcardio.adapters.measure import (
-    Label,
-    agatston_score,
     biplane_simpson_volume,
     ejection_fraction,
     measure_cmr,
-    measure_ct,
     measure_echo,
     method_of_disks,
     single_plane_volume,
     wall_chords,
 )
 from mmcardio.errors import MMCardioError
-from mmcardio.records import Volume
+from mmcardio.records import Label, Volume
 
 
 def truncated_ellipsoid_ml(a: float, b1: float, b2: float, cut: float) -> float:

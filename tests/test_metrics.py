@@ -10,8 +10,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mmcardio.errors import MMCardioError
 from mmcardio.eval import metrics as M
-from mmcardio.eval.prompts import FINDINGS, LANGUAGES, VALUES, ValuePrompts, findings_for
+from mmcardio.eval.prompts import FINDINGS, VALUES, ValuePrompts, default_prompts
 from mmcardio.eval.zeroshot import class_embeddings, class_probabilities, predict_values
+from mmcardio.study import LANGUAGES
 
 
 def _scores(n: int, seed: int, separation: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +251,8 @@ def test_prompt_registry_is_complete():
         for lang in LANGUAGES:
             pos, neg = f.classes(lang)
             assert len(pos) >= 2 and len(neg) >= 2 and not set(pos) & set(neg)
-    assert set(findings_for("ecg")) == ecg and set(findings_for("study")) == ecg | imaging
+    prompts = default_prompts()
+    assert set(prompts.findings_for("ecg")) == ecg and set(prompts.findings_for("study")) == ecg | imaging
     lvef = VALUES["lvef"]
     assert len(lvef.classes("zh")) == len(lvef.grid) == 71
     by_value = dict(zip(lvef.grid, lvef.classes("en")))  # ASE/EACVI 2015 bands

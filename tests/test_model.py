@@ -251,6 +251,31 @@ def test_from_pretrained_names_the_folder_and_what_is_wrong(model, tmp_path):
         CardioCLIP.from_pretrained(folder)
 
 
+def test_a_config_that_does_not_fit_its_weights_is_refused_before_building(model, tmp_path):
+    """The bug: a config.json edited to a 2,000,000-wide projection built a 6.4 GB model before
+    the weights were checked. Shapes are compared with the file's header on a meta-device
+    skeleton first; a damaged header is a named error, not a SafetensorError."""
+    import tracemalloc
+
+    folder = model.save_pretrained(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["embed_dim"] = 2_000_000
+    (folder / "config.json").write_text(json.dumps(config))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"'heads.ecg.weight \[64, 32\] \(expected \[2000000, 32\]\)'") as caught:
+            CardioCLIP.from_pretrained(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6 and caught.value.path == str(folder / "model.safetensors")
+    assert "missing [], unexpected []" in caught.value.problem
+    model.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
+        CardioCLIP.from_pretrained(folder)
+
+
 def test_search_queries_are_centred_on_the_mean_sentence(tmp_path):
     model = light_model()
     query = ["atrial fibrillation", "左心室射血分数降低"]
@@ -348,13 +373,13 @@ def test_tiny_overfit_retrieves_every_pair():
 
 
 def test_encode_study_reads_and_preprocesses_a_study_itself(tmp_path):
-    """A `Study` goes through the data pipeline's preprocess_study with the model's own
-    preprocess config: same embedding as preprocessing by hand."""
+    """A `Study` goes through a `CardioProcessor` with the model's own preprocess config:
+    same embedding as preprocessing by hand."""
     import numpy as np
 
-    from mmcardio.datasets.cohort import preprocess_study
     from mmcardio.datasets.synthetic.ecg import ECGParams, synth_ecg
     from mmcardio.datasets.writers.ecg import write_ecg
+    from mmcardio.processor import CardioProcessor
     from mmcardio.study import Study
 
     ecg_file = write_ecg(
@@ -366,7 +391,7 @@ def test_encode_study_reads_and_preprocesses_a_study_itself(tmp_path):
         cross_modal_pairs=[],
         preprocess={"ecg": {"fs": 250.0, "samples": 1000}},
     )
-    by_hand = model.encode_study(preprocess_study(study, model.config.preprocess))
+    by_hand = model.encode_study(CardioProcessor(model.config.preprocess)(study))
     direct = model.encode_study(study)
     assert set(direct) == {"ecg", "study"}
     assert torch.allclose(direct["ecg"], by_hand["ecg"]) and direct["ecg"].shape == (64,)

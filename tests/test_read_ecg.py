@@ -489,7 +489,7 @@ def unknown_xml_root(tmp_path):
 BAD_INPUTS = [
     (truncated_xml, "malformed or truncated XML"),
     (truncated_muse_samples, "holds 2400 samples, LeadSampleCountTotal says 2500"),
-    (truncated_wfdb, "corrupt or truncated WFDB record"),
+    (truncated_wfdb, "a truncated file or a corrupt header"),
     (truncated_dicom, "corrupt or truncated DICOM"),
     (dicom_without_waveform, "DICOM without waveform data"),
     (nan_samples, "lead V3 has 7 NaN"),

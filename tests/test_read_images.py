@@ -19,7 +19,8 @@ from pydicom.sequence import Sequence
 
 from mmcardio.cli import main
 from mmcardio.datasets.readers import read, sniff
-from mmcardio.datasets.readers.dicom import dicom_kind, read_dicom_series
+from mmcardio.datasets.readers.dicom import dicom_kind
+from mmcardio.datasets.readers.dicom_series import read_dicom_series
 from mmcardio.datasets.readers.nifti import read_nifti
 from mmcardio.datasets.readers.video import read_video
 from mmcardio.datasets.writers.dicom import write_dicom_series, write_dicom_video

@@ -1,13 +1,23 @@
 """Manifest: formats in and out, path resolution, and validation that lists every problem."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
 from mmcardio.cli import main
 from mmcardio.errors import ManifestError
-from mmcardio.study import EchoClip, Measurement, Study, read_manifest, read_rows, validate_manifest, write_manifest
+from mmcardio.study import (
+    STRUCTURED,
+    EchoClip,
+    Measurement,
+    Study,
+    read_manifest,
+    read_rows,
+    write_manifest,
+)
+from mmcardio.validation import validate_manifest
 
 
 def _study(root, sid="s1", pid="p1"):
@@ -73,9 +83,89 @@ def test_short_echo_form_and_numeric_ids(tmp_path):
 
 
 def test_duplicate_study_id_is_refused(tmp_path):
-    (tmp_path / "m.csv").write_text("study_id,patient_id\na,1\na,2\n")
-    with pytest.raises(ManifestError, match="duplicate study_id 'a'"):
+    (tmp_path / "m.csv").write_text("study_id,patient_id,ecg\na,1,a.hea\na,2,b.hea\n")
+    with pytest.raises(ManifestError, match="row 1: duplicate study_id 'a'"):
         read_manifest(tmp_path / "m.csv")
+
+
+def _write_rows(path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+GOOD = {"study_id": "s0", "patient_id": "p0", "split": "train", "ecg": "s0.hea", "report_lang": "en"}
+
+
+@pytest.mark.parametrize(("column", "value", "expected"), [
+    ("split", "Train", "expected one of ('train', 'val', 'test'), got 'Train'"),
+    ("report_lang", "EN", "expected one of ('en', 'zh'), got 'EN'"),
+    ("sex", "X", "expected F or M, got 'X'"),
+    ("age", "130", "expected years in [0, 120], got 130.0"),
+    ("age", "old", "expected years as a number, got 'old'"),
+    ("labels", '{"afib": 2}', "label 'afib' must be 0 or 1, got 2"),
+    ("reports", '{"mri": "?"}', "key 'mri': expected a modality"),
+])
+def test_read_manifest_refuses_the_rows_validate_lists_naming_file_row_and_column(tmp_path, column, value, expected):
+    """One set of row rules: `read_manifest` stops at the first bad row with the problem
+    `validate_manifest` lists for it (the bug: a split "Train" was read, then never trained on)."""
+    _write_rows(tmp_path / "m.csv", [GOOD, {**GOOD, "study_id": "s1", column: value}, {**GOOD, "study_id": "s2"}])
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(tmp_path / "m.csv")
+    err = raised.value
+    assert (err.path, err.field) == (str(tmp_path / "m.csv"), column)
+    assert err.problem == f"row 1: {expected}" or err.problem.startswith(f"row 1: {expected}")
+    assert str(tmp_path / "m.csv") in str(err) and f"'{column}'" in str(err)
+    listed = validate_manifest(tmp_path / "m.csv", read_files=False)
+    assert [(p.row, p.column) for p in listed if p.file is None] == [(1, column)]
+    assert listed[[p.file for p in listed].index(None)].message == err.problem.removeprefix("row 1: ")
+
+
+@pytest.mark.parametrize(("column", "cell"), [
+    ("labels", "[1, 0]"), ("labels", "5"), ("labels", '{"afib": "yes"}'), ("labels", '{"afib": 0.5}'),
+    ("masks", "[1, 2]"), ("masks", '{"cmr": 3}'),
+    ("reports", '["Sinus rhythm."]'), ("reports", '{"ecg": ["Sinus rhythm."]}'),
+    ("translations", '{"zh": "text"}'), ("translations", '["zh"]'),
+    ("measurements", '{"lvef": 55}'), ("measurements", '{"lvef": {"value": "high", "unit": "%"}}'),
+    ("measurements", '{"lvef": {"value": 55}}'),
+    ("echo", '{"path": "a.dcm"}'), ("echo", '[{"view": "A4C"}]'), ("echo", "[1]"),
+])
+def test_wrong_shaped_cells_name_row_column_and_shape_wherever_the_manifest_is_read(
+        tmp_path, capsys, column, cell):
+    expected = STRUCTURED[column][0]
+    bad = {**GOOD, "study_id": "s1", column: cell}
+    _write_rows(tmp_path / "m.csv", [GOOD, bad, {**GOOD, "study_id": "s2", "split": "dev"}])
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(tmp_path / "m.csv")
+    assert raised.value.field == column and raised.value.problem.startswith(f"row 1: expected {expected}; got ")
+
+    listed = validate_manifest(tmp_path / "m.csv", read_files=False)  # lists it and carries on
+    assert [(p.row, p.column) for p in listed if p.file is None] == [(1, column), (2, "split")]
+    assert main(["validate", str(tmp_path / "m.csv"), "--no-read", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert [(p["row"], p["column"]) for p in out["problems"] if p["file"] is None] == [(1, column), (2, "split")]
+    assert expected in out["problems"][[p["row"] for p in out["problems"]].index(1)]["message"]
+
+    assert main(["prepare", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "cache"), "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)
+    assert (error["file"], error["field"]) == (str(tmp_path / "m.csv"), column)
+    assert "row 1" in error["error"] and expected in error["error"]
+
+
+def test_wrong_shaped_native_cells_of_jsonl_are_refused_too(tmp_path):
+    rows = [{**GOOD, "labels": {"afib": 1}}, {**GOOD, "study_id": "s1", "labels": [1, 0]}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ManifestError, match=r"row 1: expected an object \{finding: 0 or 1\}") as raised:
+        read_manifest(tmp_path / "m.jsonl")
+    assert raised.value.field == "labels"
+
+
+def test_cells_left_empty_in_jsonl_take_their_defaults(tmp_path):
+    rows = [{**GOOD, "labels": {"afib": 1}}, {"study_id": "s1", "patient_id": "p1", "ecg": "s1.hea"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    second = read_manifest(tmp_path / "m.jsonl")[1]
+    assert (second.split, second.report_lang, second.labels, second.echo) == ("train", "en", {}, [])
 
 
 def test_validate_lists_every_problem_without_stopping(tmp_path):
@@ -121,3 +211,46 @@ def test_unknown_manifest_format(tmp_path):
     (tmp_path / "m.xlsx").write_bytes(b"PK")
     with pytest.raises(ManifestError, match="expected .csv, .parquet or .jsonl"):
         read_manifest(tmp_path / "m.xlsx")
+
+
+def test_files_outside_the_data_root_are_refused(tmp_path, monkeypatch):
+    """Paths that climb out of the data root (.., absolute, a symlink) are refused by every
+    manifest reader when a root is set, and never opened by validate."""
+    data = tmp_path / "data"
+    (data / "ecg").mkdir(parents=True)
+    (data / "ecg" / "a.csv").write_text("I\n0.1\n")
+    (data / "link.csv").symlink_to(tmp_path / "secret.csv")
+    (tmp_path / "secret.csv").write_text("I\n0.1\n")
+    rows = [{"study_id": "s0", "patient_id": "p0", "ecg": "ecg/a.csv"},
+            {"study_id": "s1", "patient_id": "p1", "ecg": "../secret.csv"},
+            {"study_id": "s2", "patient_id": "p2", "ecg": "/etc/passwd"},
+            {"study_id": "s3", "patient_id": "p3", "ecg": "link.csv"}]
+    manifest = data / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(read_manifest(manifest)) == 4  # no root set: anywhere
+    with pytest.raises(ManifestError, match=f"row 1: outside the data root {data}") as caught:
+        read_manifest(manifest, data_root=data)
+    assert caught.value.field == "ecg"
+    listed = validate_manifest(manifest, data_root=data)
+    assert [(p.row, p.column, p.message) for p in listed if "data root" in p.message] == [
+        (1, "ecg", f"outside the data root {data}"), (2, "ecg", f"outside the data root {data}"),
+        (3, "ecg", f"outside the data root {data}")]
+    assert not any("/etc/passwd" in p.message for p in listed)  # refused, not read
+    monkeypatch.setenv("MMCARDIO_DATA_ROOT", str(data))
+    with pytest.raises(ManifestError, match="row 1: outside the data root"):
+        read_manifest(manifest)
+    assert main(["validate", str(manifest), "--no-read"]) == 1
+
+
+def test_a_reader_failure_without_a_message_is_still_a_problem(tmp_path, monkeypatch):
+    """The bug: a MemoryError has an empty message, and validate listed the file as OK."""
+    from mmcardio.datasets import readers
+
+    def out_of_memory(column, path):
+        raise MemoryError
+
+    (tmp_path / "a.csv").write_text("I\n0.1\n")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"study_id": "s", "patient_id": "p", "ecg": "a.csv"}) + "\n")
+    monkeypatch.setattr(readers, "read_for_column", out_of_memory)
+    listed = validate_manifest(tmp_path / "m.jsonl", workers=1)
+    assert [(p.row, p.column, p.message) for p in listed] == [(0, "ecg", "the reader failed: MemoryError")]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmcardio.adapters.measure import measure_cmr, measure_ct, measure_echo
+from mmcardio.adapters.calcium import measure_ct
+from mmcardio.adapters.measure import measure_cmr, measure_echo
 from mmcardio.cli import main
 from mmcardio.datasets.readers import read_ecg, read_video, read_volume
 from mmcardio.datasets.synthetic import cohort as cohort_module
@@ -21,10 +22,11 @@ from mmcardio.datasets.synthetic.findings import (
     LVEDV_UPPER_NORMAL_ML,
     SHOWN_BY,
     PatientTruth,
-    sample_cohort,
 )
+from mmcardio.datasets.synthetic.patients import sample_cohort
 from mmcardio.errors import MMCardioError
-from mmcardio.study import read_manifest, validate_manifest
+from mmcardio.study import read_manifest
+from mmcardio.validation import validate_manifest
 
 N_STUDIES, SEED = 12, 5
 

@@ -5,23 +5,27 @@ import numpy as np
 import pytest
 import torch
 
-from mmcardio.datasets.transforms import (
+from mmcardio.datasets.preprocess_config import (
     CMRPreprocess,
     CTPreprocess,
     ECGPreprocess,
     EchoPreprocess,
     PreprocessConfig,
+)
+from mmcardio.datasets.transforms import (
     choose_views,
     crop_or_pad,
     frame_indices_at_fps,
+    prepare_cmr,
+    prepare_ct,
+    prepare_ecg,
     prepare_echo,
-    preprocess_cmr,
-    preprocess_ct,
-    preprocess_ecg,
-    preprocess_echo,
     random_shift,
     sample_cmr,
+    sample_ct,
     sample_ecg,
+    sample_echo,
+    view_id,
 )
 from mmcardio.errors import ConfigError, ReaderError
 from mmcardio.modality import ECHO_VIEWS
@@ -49,7 +53,7 @@ def sine_amplitude(x: np.ndarray, fs: float, hz: float) -> float:
 @pytest.mark.parametrize("fs", [360.0, 500.0, 1000.0])
 def test_ecg_resampling_keeps_frequency_and_amplitude(fs):
     cfg = ECGPreprocess(fs=250.0, samples=2500)
-    out = preprocess_ecg(sine_ecg(fs, 10.0), cfg)
+    out = prepare_ecg(sine_ecg(fs, 10.0), cfg)
     signal = out["signal"].numpy()
     assert signal.shape == (12, 2500) and signal.dtype == np.float32
     interior = signal[:, 500:-500]  # the 0.5 Hz high-pass edge transients excluded
@@ -64,7 +68,7 @@ def test_ecg_leads_placed_in_standard_rows_with_mask():
     names = ["V6", "AVR", "I", "V4R", "II", "V1"]
     signal = np.stack([np.full(2500, float(i + 1)) for i in range(len(names))]).astype(np.float32)
     ecg = ECG(signal, fs, names, missing_leads=["V1"])
-    out = preprocess_ecg(ecg, ECGPreprocess(fs=250.0, samples=2500, bandpass_hz=None))
+    out = prepare_ecg(ecg, ECGPreprocess(fs=250.0, samples=2500, bandpass_hz=None))
     rows = {name: i for i, name in enumerate(STANDARD_LEADS)}
     expected_mask = np.zeros(12, bool)
     expected_mask[[rows["V6"], rows["aVR"], rows["I"], rows["II"]]] = True
@@ -80,7 +84,7 @@ def test_bandpass_removes_baseline_wander_and_notch_removes_mains():
     t = np.arange(int(10 * fs)) / fs
     wander, mains, qrs_band = (np.sin(2 * np.pi * f * t) for f in (0.1, 60.0, 8.0))
     ecg = ECG(np.stack([wander, mains, qrs_band]).astype(np.float32), fs, ["I", "II", "V1"])
-    out = preprocess_ecg(ecg, ECGPreprocess(fs=500.0, samples=5000, bandpass_hz=[0.5, 100.0],
+    out = prepare_ecg(ecg, ECGPreprocess(fs=500.0, samples=5000, bandpass_hz=[0.5, 100.0],
                                             notch_hz=60.0))["signal"].numpy()[:, 500:-500]
     assert np.abs(out[0]).max() < 0.05  # 0.1 Hz below the pass band
     assert np.abs(out[1]).max() < 0.05  # 60 Hz notched although inside the pass band
@@ -89,18 +93,18 @@ def test_bandpass_removes_baseline_wander_and_notch_removes_mains():
 
 def test_band_edge_above_nyquist_is_a_config_error():
     with pytest.raises(ConfigError, match="Nyquist"):
-        preprocess_ecg(sine_ecg(500.0, 10.0), ECGPreprocess(fs=50.0, samples=500))
+        prepare_ecg(sine_ecg(500.0, 10.0), ECGPreprocess(fs=50.0, samples=500))
 
 
 def test_nan_signal_is_a_reader_error():
     ecg = sine_ecg(250.0, 10.0)
     ecg.signal[0, 5] = np.nan
     with pytest.raises(ReaderError, match="NaN"):
-        preprocess_ecg(ecg, ECGPreprocess(fs=250.0, samples=2500))
+        prepare_ecg(ecg, ECGPreprocess(fs=250.0, samples=2500))
 
 
 def test_per_lead_standardization_only_on_present_leads():
-    out = preprocess_ecg(sine_ecg(250.0, 10.0, amplitude=3.0), ECGPreprocess(fs=250.0, samples=2500, standardize=True))
+    out = prepare_ecg(sine_ecg(250.0, 10.0, amplitude=3.0), ECGPreprocess(fs=250.0, samples=2500, standardize=True))
     sig, mask = out["signal"].numpy(), out["lead_mask"].numpy()
     assert np.allclose(sig[mask].mean(1), 0, atol=1e-3) and np.allclose(sig[mask].std(1), 1, atol=2e-2)
     assert np.all(sig[~mask] == 0)
@@ -151,8 +155,11 @@ def test_echo_clip_window_views_and_standardization():
     rng = np.random.default_rng(0)
     videos = [Video(rng.integers(0, 255, (40, 48, 48), dtype=np.uint8), fps=20.0) for _ in range(3)]
     cfg = EchoPreprocess(fps=10.0, frames=8, size=[16, 16], max_views=2)
-    out = preprocess_echo(videos, cfg, views=["PLAX", "A4C", "a4c"])
-    assert out["frames"].shape == (2, 8, 16, 16)
+    views = ["PLAX", "A4C", "a4c"]
+    keep = choose_views(views, cfg.max_views)
+    ids = torch.tensor([view_id(views[i]) for i in keep])
+    out = sample_echo([prepare_echo(videos[i], cfg) for i in keep], ids, cfg)
+    assert out["frames"].shape == (2, 8, 16, 16) and out["view_mask"].all()
     assert out["view_ids"].tolist() == [ECHO_VIEWS.index("A4C"), ECHO_VIEWS.index("PLAX")]
     full = prepare_echo(videos[1], cfg)  # 40 frames at 20 fps -> 20 at 10 fps; centered 8 = 6..13
     assert torch.equal(out["frames"][0], full[6:14])
@@ -162,8 +169,8 @@ def test_echo_clip_window_views_and_standardization():
 
 def test_echo_short_loop_holds_last_frame():
     frames = np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((5, 8, 8), np.uint8) * 50
-    out = preprocess_echo([Video(frames, fps=10.0)], EchoPreprocess(fps=10.0, frames=8, size=[8, 8],
-                                                                      standardize=False))
+    cfg = EchoPreprocess(fps=10.0, frames=8, size=[8, 8], standardize=False)
+    out = sample_echo([prepare_echo(Video(frames, fps=10.0), cfg)], torch.tensor([0]), cfg)
     means = out["frames"][0].mean((1, 2)) * 255
     assert means.round().tolist() == [0, 50, 100, 150, 200, 200, 200, 200]
 
@@ -178,7 +185,7 @@ def test_ct_window_maps_hu_to_unit_range():
     hu = np.array([-1000, -200, 300, 800, 3000], np.float32)
     array = np.broadcast_to(hu[None, None, :], (4, 4, 5)).copy()
     volume = Volume(array, (1.0, 1.0, 1.0), ras_axial_affine((1, 1, 1)), units="HU")
-    out = preprocess_ct(volume, CTPreprocess(spacing_mm=[1, 1, 1], shape=[4, 4, 5]))
+    out = prepare_ct(volume, CTPreprocess(spacing_mm=[1, 1, 1], shape=[4, 4, 5]))
     assert out.shape == (1, 4, 4, 5)
     assert out[0, 2, 2].tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
 
@@ -188,7 +195,7 @@ def test_ct_spacing_2mm_to_1mm_doubles_shape_and_keeps_a_ramp():
     array = np.broadcast_to(x[None, None, :], (4, 5, 6)).copy()
     volume = Volume(array, (2.0, 2.0, 2.0), ras_axial_affine((2, 2, 2)), units="HU")
     cfg = CTPreprocess(spacing_mm=[1, 1, 1], shape=[8, 10, 12], window_hu=[0, 1000], axcodes=None)
-    out = preprocess_ct(volume, cfg)[0]
+    out = prepare_ct(volume, cfg)[0]
     assert out.shape == (8, 10, 12)
     steps = np.diff(out[4, 5].numpy())[1:-1]  # interior: 50 HU per 1 mm voxel = 0.05 of the window
     assert np.allclose(steps, 0.05, atol=1e-4)
@@ -201,7 +208,7 @@ def test_ct_crop_pad_centered_and_reoriented():
     affine = ras_axial_affine((1, 1, 1))
     affine[:, 0] *= -1  # z index now runs toward the feet: the first slice is the most superior
     volume = Volume(array, (1.0, 1.0, 1.0), affine, units="HU")
-    out = preprocess_ct(volume, CTPreprocess(spacing_mm=[1, 1, 1], shape=[7, 5, 5]))[0]
+    out = prepare_ct(volume, CTPreprocess(spacing_mm=[1, 1, 1], shape=[7, 5, 5]))[0]
     assert out.shape == (7, 5, 5)
     assert out[3, 2, 2] == 1.0 and out.sum() == pytest.approx(1.0 + 0.5)  # padded z by 1 each side
     assert out[5, 2, 2] == 0.5  # last after SPL (z toward the head), + 1 padded slice
@@ -216,8 +223,8 @@ def test_ct_peak_filter_keeps_a_2mm_plaque_wherever_it_falls_on_the_3mm_grid():
         z, yx = 10 + offset, 20 + 2 * offset
         array[z:z + 2, yx:yx + 2, yx:yx + 2] = 600.0  # a 2 mm calcified plaque
         volume = Volume(array, (1.0, 1.0, 1.0), ras_axial_affine((1, 1, 1)), units="HU")
-        plain.append(preprocess_ct(volume, CTPreprocess(**cfg, keep_peaks=False)).max().item())
-        peaks.append(preprocess_ct(volume, CTPreprocess(**cfg)).max().item())
+        plain.append(prepare_ct(volume, CTPreprocess(**cfg, keep_peaks=False)).max().item())
+        peaks.append(prepare_ct(volume, CTPreprocess(**cfg)).max().item())
     assert min(plain) < threshold  # interpolation sees the plaque only where a grid point lands
     assert min(peaks) == pytest.approx(0.8, abs=0.02)  # 600 HU, every time
 
@@ -237,11 +244,16 @@ def test_training_shifts_fill_with_background_and_cmr_rolls_phases():
     start = int(rolled[0, 0, 0, 0])
     assert rolled[:, 0, 0, 0].tolist() == [(start + i) % 8 for i in range(8)]  # one cycle, any phase first
     assert torch.equal(sample_cmr(cine, cfg, None), cine)
+    volume, ct = torch.rand(1, 4, 6, 6), CTPreprocess(max_shift_vox=[1, 2, 2])
+    assert sample_ct(volume, ct) is volume  # inference: untouched
+    shifted = sample_ct(volume, ct, np.random.default_rng(4))
+    assert torch.equal(shifted, random_shift(volume, [1, 2, 2], np.random.default_rng(4)))
+    assert not torch.equal(shifted, volume)
 
 
 def test_ct_refuses_non_hu():
     with pytest.raises(ReaderError, match="HU"):
-        preprocess_ct(Volume(np.zeros((2, 2, 2), np.float32), (1, 1, 1), units="a.u."), CTPreprocess())
+        prepare_ct(Volume(np.zeros((2, 2, 2), np.float32), (1, 1, 1), units="a.u."), CTPreprocess())
 
 
 def test_cmr_phases_slices_spacing_and_percentiles():
@@ -252,7 +264,7 @@ def test_cmr_phases_slices_spacing_and_percentiles():
     volume = Volume(array, (8.0, 2.0, 2.0), np.diag([8.0, 2.0, 2.0, 1.0]), frame_times_ms=times,
                     modality="cmr")
     cfg = CMRPreprocess(phases=4, slices=4, spacing_mm=[4.0, 4.0], size=[24, 24], percentiles=[0, 100])
-    out = preprocess_cmr(volume, cfg)
+    out = prepare_cmr(volume, cfg)
     assert out.shape == (4, 4, 24, 24)
     # in-plane 40 x 2 mm -> 20 x 4 mm, padded to 24: 2 zero rows each side
     assert torch.all(out[:, :, :2] == 0) and torch.all(out[:, :, -2:] == 0)
@@ -265,7 +277,7 @@ def test_cmr_phases_slices_spacing_and_percentiles():
 
 def test_cmr_needs_a_cine():
     with pytest.raises(ReaderError, match="cine"):
-        preprocess_cmr(Volume(np.zeros((4, 8, 8), np.float32), (1, 1, 1), modality="cmr"), CMRPreprocess())
+        prepare_cmr(Volume(np.zeros((4, 8, 8), np.float32), (1, 1, 1), modality="cmr"), CMRPreprocess())
 
 
 def test_config_round_trip_differences_and_unset_sizes():

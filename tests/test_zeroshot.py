@@ -12,16 +12,18 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from mmcardio.cli import main
-from mmcardio.datasets.cohort import prepare_cache
+from mmcardio.config import dump_yaml, load_yaml
+from mmcardio.datasets.cache import prepare_cache
 from mmcardio.datasets.synthetic import generate_cohort
 from mmcardio.datasets.synthetic.findings import SHOWN_BY
-from mmcardio.eval.prompts import FINDINGS, VALUES
-from mmcardio.eval.zeroshot import EvalContext, linear_probe
+from mmcardio.eval.prompts import FINDINGS, VALUES, default_prompts, prompts_from_dict
+from mmcardio.eval.zeroshot import EvalContext, classify, linear_probe, numpy_encoder
 from mmcardio.model import create_model
+from mmcardio.processor import CardioProcessor
 from mmcardio.retrieval import EmbeddingStore, embed_manifest
 from mmcardio.retrieval.store import labelled, labels_of
 from mmcardio.sentences import report_sentences
-from mmcardio.study import read_manifest, write_manifest
+from mmcardio.study import LANGUAGES, read_manifest, write_manifest
 
 N_STUDIES = 14
 
@@ -117,7 +119,7 @@ def test_embedding_from_the_prepared_cache_gives_the_same_vectors(world, store, 
     manifest = world / "cohort" / "manifest.csv"
     model = create_model(world / "model")
     studies = read_manifest(manifest)
-    prepare_cache(studies[:9], tmp_path / "cache", model.config.preprocess, progress=False)  # 5 left to decode
+    prepare_cache(studies[:9], tmp_path / "cache", CardioProcessor.from_model(model), progress=False)  # 5 left
     _run(capsys, "embed", "--model", world / "model", "--manifest", manifest, "--out", tmp_path / "store",
          "--cache", tmp_path / "cache")
     cached = EmbeddingStore.load(tmp_path / "store")
@@ -175,13 +177,25 @@ def test_zeroshot_writes_metrics_report_and_plots(world, store, capsys):
     assert saved["n_studies"] == N_STUDIES
     rows = saved["classification"]
     assert {r["lang"] for r in rows} == {"en", "zh"} and rows
+    assert saved["prompts"] == default_prompts().to_dict()
+
+    # every row's AUROC is scikit-learn's and its ECE the hand-computed one, on the scores of
+    # the same heads (classify on the same store, model and prompts)
+    model = create_model(world / "model").eval()
+    ctx = EvalContext(store, "all", numpy_encoder(model.encode_text), saved["logit_scale"], default_prompts(),
+                      n_bootstrap=50)
+    ctx.build_heads()
+    scored = {(c.lang, c.finding, c.modality): c for lang in LANGUAGES for c in classify(ctx, lang)[1]}
+    assert set(scored) == {(r["lang"], r["finding"], r["modality"]) for r in rows}
     for r in rows:
-        assert 0 <= r["auroc"]["value"] <= 1 and 0 <= r["ece"] <= 1
+        curve = scored[(r["lang"], r["finding"], r["modality"])]
+        assert r["n"] == curve.y.size and r["n_pos"] == curve.y.sum()
+        assert r["auroc"]["value"] == pytest.approx(roc_auc_score(curve.y, curve.prob), abs=1e-9)
+        assert r["ece"] == pytest.approx(_ece(curve.y, curve.prob, saved["ece_bins"]), abs=1e-6)
         assert r["auroc"]["lo"] <= r["auroc"]["value"] <= r["auroc"]["hi"]
         assert r["modality"] == "study" or r["modality"] in FINDINGS[r["finding"]].modalities
 
     # one classification row and one regression row recomputed from the store and the model
-    model = create_model(world / "model").eval()
     row = next(r for r in rows if r["lang"] == "en" and r["modality"] == "study")
     vectors, meta = store.select("study")
     labels = [labels_of(m).get(row["finding"]) for _, m in meta.iterrows()]
@@ -199,10 +213,24 @@ def test_zeroshot_writes_metrics_report_and_plots(world, store, capsys):
     pred = torch.from_numpy(logits).softmax(-1).numpy() @ np.array(VALUES["lvef"].grid)
     assert ef["n"] == len(true) and ef["mae"] == pytest.approx(np.abs(pred - true).mean(), rel=1e-4)
 
+    # report -> study retrieval by brute force: the rank of each study's own report's study
+    text, text_meta = store.select("text")
+    vectors, meta = store.select("study")
+    text = text[text_meta.reset_index().set_index("study_id").loc[meta["study_id"], "index"].to_numpy()]
+    ranks = _exact_ranks(text @ vectors.T)
     study = saved["retrieval"]["study"]["text_to_study"]
-    assert study["n_queries"] == N_STUDIES and study["R@1"] <= study["R@5"] <= study["R@10"]
+    assert study["n_queries"] == N_STUDIES
+    assert (study["R@1"], study["R@10"]) == (pytest.approx(np.mean(ranks <= 1)), pytest.approx(np.mean(ranks <= 10)))
+    assert study["MRR"] == pytest.approx(np.mean(1 / ranks))
+
+    # Chinese vs English: each study's report and its translation from the manifest as queries
     lang = saved["language"]
+    by_id = {s.study_id: s for s in read_manifest(world / "cohort" / "manifest.csv")}
     assert lang["n_pairs"] == N_STUDIES
+    for code in LANGUAGES:
+        with torch.inference_mode():
+            queries = model.encode_text([by_id[sid].in_language(code).report for sid in meta["study_id"]]).numpy()
+        assert lang[code]["MRR"] == pytest.approx(np.mean(1 / _exact_ranks(queries @ vectors.T)), rel=1e-5)
     assert lang["mrr_gap"] == pytest.approx(lang["zh"]["MRR"] - lang["en"]["MRR"])
 
     # every finding query recomputed by brute force, as search queries (centred): share of
@@ -236,6 +264,18 @@ def test_zeroshot_writes_metrics_report_and_plots(world, store, capsys):
         assert image.ndim == 3 and image.shape[0] > 100
 
 
+def _ece(y: np.ndarray, prob: np.ndarray, n_bins: int) -> float:
+    """Expected calibration error by hand: equal-width bins, |mean probability - positive
+    rate| weighted by the bin's share of the studies."""
+    bins = np.minimum((prob * n_bins).astype(int), n_bins - 1)
+    return sum(np.mean(bins == b) * abs(prob[bins == b].mean() - y[bins == b].mean()) for b in np.unique(bins))
+
+
+def _exact_ranks(similarity: np.ndarray) -> np.ndarray:
+    """1-based rank of the diagonal candidate in each row (ties: the candidate comes first)."""
+    return 1 + (similarity > np.diag(similarity)[:, None]).sum(axis=1)
+
+
 def _direct_classes(model, classes: list[list[str]]) -> np.ndarray:
     """Per class: mean of the unit prompt embeddings, renormalised, one prompt list at a time."""
     with torch.inference_mode():
@@ -248,7 +288,7 @@ def test_prompt_registry_agrees_with_the_phantom_labels():
 
 
 def test_linear_probe_precision_is_its_ranking_of_the_held_out_studies(store):
-    ctx = EvalContext(store, "test", encode_text=None, logit_scale=1.0, n_bootstrap=20)
+    ctx = EvalContext(store, "test", encode_text=None, logit_scale=1.0, prompts=default_prompts(), n_bootstrap=20)
     rows = linear_probe(ctx)
     assert rows
     for row in rows:
@@ -259,3 +299,33 @@ def test_linear_probe_precision_is_its_ranking_of_the_held_out_studies(store):
         top = np.argsort(-score, kind="stable")[:depth]
         assert row["precision_at_10"] == pytest.approx(y_te[top].mean())
         assert row["auroc"]["value"] == pytest.approx(roc_auc_score(y_te, score))
+
+
+def test_a_prompt_file_sets_what_is_evaluated(world, store, tmp_path, capsys):
+    """One finding and no value prompts in the file: only that finding is classified and
+    queried, nothing is regressed, and metrics.json records the set used."""
+    afib = {"findings": {"afib": default_prompts().to_dict()["findings"]["afib"]}}
+    (tmp_path / "prompts.yaml").write_text(dump_yaml(afib), encoding="utf-8")
+    metrics = _run(capsys, "zeroshot", "--model", world / "model", "--manifest", world / "cohort" / "manifest.csv",
+                   "--out", tmp_path / "zs", "--store", world / "store", "--split", "all", "--bootstrap", "20",
+                   "--prompts", tmp_path / "prompts.yaml")
+    assert {(r["finding"], r["modality"]) for r in metrics["classification"]} == {("afib", "ecg"), ("afib", "study")}
+    assert {r["finding"] for r in metrics["finding_queries"]} == {"afib"}
+    assert metrics["regression"] == [] and metrics["summary"]["zeroshot"]["ef_mae_by_modality"] == {}
+    assert prompts_from_dict(metrics["prompts"]) == prompts_from_dict(afib)
+    assert "zero-shot macro AUROC, ecg: afib (EN prompts)" in (tmp_path / "zs" / "report.md").read_text()
+
+
+def test_a_bad_prompt_file_is_refused_naming_file_and_field_before_any_work(world, tmp_path, capsys):
+    prompts = default_prompts().to_dict()
+    prompts["findings"]["afib"]["positive"].pop("zh")
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts), encoding="utf-8")
+    code = main(["zeroshot", "--model", str(world / "model"), "--manifest", str(world / "cohort" / "manifest.csv"),
+                 "--out", str(tmp_path / "zs"), "--prompts", str(tmp_path / "prompts.json"), "--json"])
+    error = json.loads(capsys.readouterr().out)
+    assert code == 2 and (error["file"], error["field"]) == (str(tmp_path / "prompts.json"), "findings.afib.positive")
+    assert "['en', 'zh']" in error["error"] and not (tmp_path / "zs").exists()
+
+
+def test_the_default_prompt_set_round_trips_through_its_file_form():
+    assert prompts_from_dict(load_yaml(dump_yaml(default_prompts().to_dict()))) == default_prompts()

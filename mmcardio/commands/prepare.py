@@ -29,12 +29,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from mmcardio.datasets.cohort import prepare_cache
-    from mmcardio.train.pretrain import load_pretrain_config, run_preprocess
+    from mmcardio.datasets.cache import prepare_cache
+    from mmcardio.processor import CardioProcessor
+    from mmcardio.train.config import load_pretrain_config, run_preprocess
 
     cfg = load_pretrain_config(args.config, args.overrides)
-    result = prepare_cache(args.manifest, args.out, run_preprocess(cfg), progress=not args.json,
-                           num_workers=args.workers)
+    result = prepare_cache(args.manifest, args.out, CardioProcessor(run_preprocess(cfg)),
+                           progress=not args.json, num_workers=args.workers)
     head = (f"{args.out}: {result['prepared']} prepared, {result['reused']} reused, "
             f"{len(result['failed'])} failed of {result['studies']} studies in {result['seconds']} s")
     lines = [head]

@@ -1,4 +1,7 @@
-"""`mmcardio pretrain --config RUN.yaml --manifest M --out RUN`: train CardioCLIP in-process."""
+"""`mmcardio pretrain --config RUN.yaml --manifest M --out RUN`: train CardioCLIP.
+
+The one entry point of pretraining: `mmcardio pretrain ...`, `accelerate launch -m mmcardio.cli
+pretrain ...` and `accelerate launch scripts/pretrain.py ...` run this command."""
 from __future__ import annotations
 
 import argparse
@@ -6,22 +9,10 @@ import argparse
 from mmcardio.cli import add_json_flag, emit
 
 
-def add_arguments(parser) -> None:
-    """The arguments `mmcardio pretrain` and scripts/pretrain.py share."""
-    parser.add_argument("--config", help="run config YAML/JSON (e.g. configs/pretrain/tiny.yaml)")
-    parser.add_argument("--manifest", required=True, help="study manifest (.csv, .parquet or .jsonl)")
-    parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final model)")
-    parser.add_argument("--cache", help="prepared cache folder (default OUT/cache); missing studies are prepared first")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the latest checkpoint in OUT/checkpoints, or from CHECKPOINT")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted, YAML value), e.g. --set optimizer.lr=1e-4")
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "pretrain", formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="pretrain CardioCLIP (ECG MAE stage or report alignment) in this process",
+        help="pretrain CardioCLIP (ECG MAE stage or report alignment)",
         description="Train a CardioCLIP on a manifest, in this process (for several processes or "
                     "GPUs use `accelerate launch scripts/pretrain.py` with the same flags). Stage "
                     "'mae' trains the ECG tower by masked reconstruction (and reports held-out "
@@ -34,17 +25,34 @@ def register(sub) -> None:
                "--out runs/mae --set stage=mae\n"
                "  mmcardio pretrain --config configs/pretrain/tiny.yaml --manifest c/manifest.csv "
                "--out runs/align --set init_from=runs/mae/final\n"
-               "  mmcardio pretrain ... --out runs/align --resume",
+               "  mmcardio pretrain ... --out runs/align --resume\n"
+               "  accelerate launch --multi_gpu --num_processes 2 scripts/pretrain.py --config ...",
     )
-    add_arguments(p)
+    p.add_argument("--config", help="run config YAML/JSON (e.g. configs/pretrain/tiny.yaml)")
+    p.add_argument("--manifest", required=True, help="study manifest (.csv, .parquet or .jsonl)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final model)")
+    p.add_argument("--cache", help="prepared cache folder (default OUT/cache); missing studies are prepared first")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in OUT/checkpoints, or from CHECKPOINT")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted, YAML value), e.g. --set optimizer.lr=1e-4")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mmcardio.train.pretrain import run as run_pretraining
+    import logging
 
-    summary = run_pretraining(args)
+    from accelerate import PartialState
+
+    from mmcardio.train.config import load_pretrain_config
+    from mmcardio.train.pretrain import run_pretraining
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = run_pretraining(load_pretrain_config(args.config, args.overrides), args.manifest, args.out,
+                              cache=args.cache, resume=args.resume, progress=not args.json)
+    if not PartialState().is_main_process:  # every rank has the summary; one prints it
+        return 0
     text = (f"{summary['status']}: {summary['steps']} steps on {summary['world_size']} process(es) in "
             f"{summary['seconds']} s, loss {summary['first_loss']} -> {summary['final_loss']}"
             + (f"; model in {summary['final']}" if summary["final"] else "; resume with --resume"))

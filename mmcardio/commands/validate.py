@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmcardio.cli import add_json_flag, emit
-from mmcardio.study import validate_manifest
+from mmcardio.validation import validate_manifest
 
 
 def register(sub) -> None:
@@ -10,7 +10,9 @@ def register(sub) -> None:
         "validate", help="check a manifest: every row, every column, every file",
         description="Check every row of a study manifest (CSV, Parquet or JSONL) and read every "
                     "file it points to. Lists all problems (row, column, file, what was expected) "
-                    "without stopping at the first. Exit code 0 only when the manifest is clean.",
+                    "without stopping at the first. Exit code 0 only when the manifest is clean. "
+                    "Every command that reads a manifest applies the same row checks and stops at "
+                    "the first bad row.",
     )
     p.add_argument("manifest", help="manifest file (.csv, .parquet or .jsonl)")
     p.add_argument("--no-read", action="store_true", help="check that files exist, but do not decode them")

@@ -13,8 +13,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder for metrics.json, report.md and plots")
     p.add_argument("--split", default="test", help="split to evaluate: train, val, test or all (default test)")
     p.add_argument("--store", help="embedding store to use and extend (default OUT/store)")
-    p.add_argument("--truth", help="truth.jsonl with report_en/report_zh per study for the Chinese-vs-"
-                                   "English query pairs (default: truth.jsonl beside the manifest, if any)")
+    p.add_argument("--prompts", help="YAML or JSON prompt set: findings with positive/negative prompts and "
+                                     "value prompts per language (default: the built-in set; its form is "
+                                     "metrics.json's \"prompts\")")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="studies per forward pass when embedding")
@@ -35,8 +36,10 @@ def register(sub) -> None:
                     "gives an estimate; MAE and Pearson "
                     "r. Retrieval: report text <-> study both directions (R@1/5/10, MRR, median "
                     "rank); finding queries (\"atrial fibrillation\") with P@10 of studies that have "
-                    "the finding, in English and Chinese, and the gap between them. Writes "
-                    "metrics.json, report.md and PNG plots to --out.",
+                    "the finding, in English and Chinese, and the gap between them; each study's "
+                    "report against its translation (the manifest's `translations`). --prompts "
+                    "replaces the built-in findings and value prompts. Writes metrics.json (with the "
+                    "prompt set used), report.md and PNG plots to --out.",
         epilog="example: mmcardio zeroshot --model runs/demo/final --manifest cohort/manifest.csv "
                "--out runs/demo/zeroshot",
     )
@@ -46,10 +49,12 @@ def register(sub) -> None:
 
 
 def evaluate(args, accelerator=None) -> dict:
+    from mmcardio.eval.prompts import load_prompts
     from mmcardio.eval.zeroshot import evaluate_zeroshot  # sklearn/matplotlib: load on use
 
+    prompts = load_prompts(args.prompts) if args.prompts else None  # a bad file fails before embedding
     return evaluate_zeroshot(args.model, args.manifest, args.out, split=args.split, store=args.store,
-                             truth=args.truth, n_bootstrap=args.bootstrap, seed=args.seed,
+                             prompts=prompts, n_bootstrap=args.bootstrap, seed=args.seed,
                              batch_size=args.batch_size, regression_top_k=args.top_k, cache=args.cache,
                              progress=not getattr(args, "json", False), accelerator=accelerator)
 
@@ -64,10 +69,10 @@ def summary_text(results: dict) -> str:
     macro = ", ".join(f"{k} {fmt(v)}" for k, v in z["macro_auroc"].items())
     lines = [f"{results['n_studies']} studies ({results['split']}) in {results['seconds']:.1f} s",
              f"zero-shot macro AUROC (EN prompts): {macro}",
-             f"mean AUROC EN {fmt(z['mean_auroc']['en'])}, ZH {fmt(z['mean_auroc']['zh'])}; "
-             f"ECE {fmt(z['ece'])}; largest subgroup gap {fmt(z['subgroup_auroc_gap'])}",
-             f"text->study R@10 {fmt(r.get('recall_at_10'))}, MRR {fmt(r.get('mrr'))}, "
-             f"finding-query P@10 {fmt(r['precision_at_10'])}, zh-en gap {fmt(r['zh_en_gap'])}"]
+             (f"mean AUROC EN {fmt(z['mean_auroc']['en'])}, ZH {fmt(z['mean_auroc']['zh'])}; "
+              f"ECE {fmt(z['ece'])}; largest subgroup gap {fmt(z['subgroup_auroc_gap'])}"),
+             (f"text->study R@10 {fmt(r.get('recall_at_10'))}, MRR {fmt(r.get('mrr'))}, "
+              f"finding-query P@10 {fmt(r['precision_at_10'])}, zh-en gap {fmt(r['zh_en_gap'])}")]
     lines += [f"LVEF MAE ({mod}): {fmt(v)} %" for mod, v in z["ef_mae_by_modality"].items()]
     lines.append(f"report: {results['out']}/report.md")
     return "\n".join(lines)

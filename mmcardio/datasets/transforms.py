@@ -1,26 +1,17 @@
-"""Per-modality preprocessing: typed records (`ECG`, `Video`, `Volume`) -> model-ready tensors.
-
-Each modality has a configurable dataclass, grouped in `PreprocessConfig`, whose dict form is
-stored in every model's config.json (and every cache's preprocess.json) so inference applies
-exactly what training applied. Preprocessing runs in two stages:
+"""Per-modality preprocessing: typed records (`ECG`, `Video`, `Volume`) -> model-ready tensors,
+as the configs of `preprocess_config.py` say. Every modality runs in two stages:
 
 - `prepare_*` (deterministic, the expensive part: resampling, filtering, resizing, intensity)
   gives what the on-disk cache stores;
-- `sample_*` (cheap) cuts the fixed-size window the model sees: the center at inference, a
-  random window in training (ECG crop, echo clip start). CMR and CT need no second stage.
+- `sample_*` (cheap) gives what the model sees: the center window at inference (or the ECG's
+  evenly spaced windows); in training a random window (ECG crop, echo clip start) and the
+  augmentations (shifts, CMR phase roll).
 
-`preprocess_*` chains both. Volume operations are MONAI transforms; the ECG filters are scipy.
-
-Sizes the model's towers take (ECG rate and length, echo frames and size, CMR phases, slices and
-size, CT shape, echo views) default to None: they come from the model config's `preprocess`
-(e.g. `cardioclip-tiny.json`), never from a second copy here.
+`CardioProcessor` (mmcardio/processor.py) runs them for whole studies. Volume operations are
+MONAI transforms; the ECG filters are scipy.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -38,147 +29,15 @@ from monai.transforms import (
 from scipy import signal as sps
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-from mmcardio.config import from_dict
+from mmcardio.datasets.preprocess_config import (
+    CMRPreprocess,
+    CTPreprocess,
+    ECGPreprocess,
+    EchoPreprocess,
+)
 from mmcardio.errors import ConfigError, ReaderError
 from mmcardio.modality import ECHO_VIEWS
 from mmcardio.records import ECG, STANDARD_LEADS, Video, Volume
-
-
-@dataclass
-class ECGPreprocess:
-    """ECG: resample to `fs`, band-pass (+ optional notch), place leads in the 12 standard rows,
-    then a window of `samples`: random in training; at inference `windows` evenly spaced ones
-    (the first at the start, the last at the end of the recording; one: the centre), whose
-    embeddings the model averages, so a 10 s ECG read 5 s at a time is read whole."""
-
-    fs: float | None = None
-    samples: int | None = None
-    windows: int = 1
-    bandpass_hz: list[float] | None = field(default_factory=lambda: [0.5, 40.0])
-    filter_order: int = 4
-    notch_hz: float | None = None  # 50 or 60 (mains); None = no notch
-    notch_quality: float = 30.0
-    standardize: bool = False  # per-lead z-score; False keeps millivolts
-
-    def __post_init__(self) -> None:
-        if self.windows < 1:
-            raise ConfigError(f"expected at least 1 inference window, got {self.windows}",
-                              field="preprocess.ecg.windows")
-
-
-@dataclass
-class EchoPreprocess:
-    """Echo: gray, resampled in time to `fps`, resized to `size` (aspect kept, then padded),
-    intensity to [0, 1] then per-clip z-score; a clip of `frames` frames (about one cycle);
-    at most `max_views` clips per study, preferring distinct views in `ECHO_VIEWS` order.
-    In training, each clip is also shifted by up to `max_shift_px` pixels (y and x)."""
-
-    fps: float = 16.0
-    frames: int | None = None
-    size: list[int] | None = None
-    max_views: int | None = None
-    standardize: bool = True
-    max_shift_px: int = 4
-
-
-@dataclass
-class CMRPreprocess:
-    """CMR cine (t, z, y, x): `phases` phases over the cycle and `slices` slices base to apex
-    (nearest, evenly spaced), in-plane resampled to `spacing_mm` (y, x), intensity scaled
-    between the `percentiles` to [0, 1], then center crop/pad to `size` (y, x). In training,
-    the cine is shifted by up to `max_shift_px` pixels and, with `roll_phases`, starts at a
-    random phase (a cine is one periodic cycle, so any phase may come first)."""
-
-    phases: int | None = None
-    slices: int | None = None
-    spacing_mm: list[float] = field(default_factory=lambda: [2.5, 2.5])
-    size: list[int] | None = None
-    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
-    max_shift_px: int = 4
-    roll_phases: bool = True
-
-
-@dataclass
-class CTPreprocess:
-    """CT (z, y, x) in HU: reoriented to `axcodes` (None keeps the stored order), resampled to
-    `spacing_mm` (z, y, x), HU `window` mapped to [0, 1] (clipped), center crop/pad to `shape`.
-
-    keep_peaks: before downsampling, take each voxel's maximum over the footprint of one output
-    voxel, so millimetre calcifications keep their density (Agatston scoring is by peak HU;
-    plain interpolation averages a 2 mm plaque with the blood around it and it vanishes).
-    In training, the volume is shifted by up to `max_shift_vox` voxels (z, y, x)."""
-
-    spacing_mm: list[float] = field(default_factory=lambda: [4.0, 3.0, 3.0])
-    shape: list[int] | None = None
-    window_hu: list[float] = field(default_factory=lambda: [-200.0, 800.0])
-    axcodes: str | None = "SPL"  # (z, y, x) = superior, posterior, left: the radiological view
-    keep_peaks: bool = True
-    max_shift_vox: list[int] = field(default_factory=lambda: [2, 6, 6])
-
-
-@dataclass
-class PreprocessConfig:
-    """Preprocessing of every modality; `to_dict()` is what model folders and caches store."""
-
-    ecg: ECGPreprocess = field(default_factory=ECGPreprocess)
-    echo: EchoPreprocess = field(default_factory=EchoPreprocess)
-    cmr: CMRPreprocess = field(default_factory=CMRPreprocess)
-    ct: CTPreprocess = field(default_factory=CTPreprocess)
-
-    def to_dict(self) -> dict:
-        """Plain JSON types (lists, not tuples), so dicts from files compare equal."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict | None, source: str = "<preprocess>") -> PreprocessConfig:
-        return from_dict(cls, data or {}, source)
-
-    def require(self, modalities: Iterable[str], source: str | None = None) -> PreprocessConfig:
-        """Raise ConfigError naming every size still unset for `modalities`; return self."""
-        unset = [f"preprocess.{m}.{k}" for m in modalities for k, v in self.to_dict()[str(m)].items()
-                 if v is None and k in MODEL_SIZES]
-        if unset:
-            raise ConfigError(f"{', '.join(unset)} not set; model input sizes come from the model "
-                              "config's 'preprocess' (e.g. cardioclip-tiny.json)", source, unset[0])
-        return self
-
-    def differences(self, other: PreprocessConfig, modalities: Iterable[str] | None = None,
-                    windows: bool = True) -> list[str]:
-        """Dotted keys whose values differ (only under `modalities` when given; without the
-        window keys, which `sample_*` applies, when `windows` is False)."""
-        keep = None if modalities is None else set(map(str, modalities))
-
-        def selected(data: dict) -> dict:
-            return {m: {k: v for k, v in settings.items() if windows or k not in WINDOW_KEYS.get(m, ())}
-                    for m, settings in data.items() if keep is None or m in keep}
-
-        return dict_differences(selected(self.to_dict()), selected(other.to_dict()))
-
-    def sized_modalities(self) -> list[str]:
-        """Modalities whose model sizes are all set (the ones a model config covers)."""
-        return [m for m, settings in self.to_dict().items()
-                if all(v is not None for k, v in settings.items() if k in MODEL_SIZES)]
-
-
-#: Keys that must match the model's towers (None until taken from the model config).
-MODEL_SIZES = ("fs", "samples", "frames", "size", "max_views", "phases", "slices", "shape")
-#: Window lengths and training augmentations, applied by `sample_*` after the cacheable stage
-#: (a cache serves any of them).
-WINDOW_KEYS = {"ecg": ("samples", "windows"), "echo": ("frames", "max_shift_px"),
-               "cmr": ("max_shift_px", "roll_phases"), "ct": ("max_shift_vox",)}
-
-
-def dict_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """"key.sub: a != b" for every differing leaf of two nested dicts."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += dict_differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} != {vb!r}")
-    return out
-
 
 # ---------------------------------------------------------------------------------------- ECG
 
@@ -279,12 +138,6 @@ def sample_ecg(prepared: dict[str, torch.Tensor], cfg: ECGPreprocess,
     return {"signal": signal, "lead_mask": prepared["lead_mask"]}
 
 
-def preprocess_ecg(ecg: ECG, cfg: ECGPreprocess, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """`sample_ecg` of the prepared recording: signal [12, cfg.samples] (or [windows, 12,
-    cfg.samples] at inference) and lead_mask [12]."""
-    return sample_ecg(prepare_ecg(ecg, cfg), cfg, rng)
-
-
 # --------------------------------------------------------------------------------------- echo
 
 def view_id(view: str | None) -> int:
@@ -344,19 +197,11 @@ def sample_echo(clips: list[torch.Tensor], view_ids: torch.Tensor, cfg: EchoPrep
             "view_mask": torch.ones(len(out), dtype=torch.bool)}
 
 
-def preprocess_echo(videos: list[Video], cfg: EchoPreprocess, views: list[str | None] | None = None,
-                    rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The study's clips (at most `cfg.max_views`) as frames [V, T, H, W], view_ids, view_mask."""
-    views = views or [v.view for v in videos]
-    keep = choose_views(views, cfg.max_views)
-    ids = torch.tensor([view_id(views[i]) for i in keep])
-    return sample_echo([prepare_echo(videos[i], cfg) for i in keep], ids, cfg, rng)
-
-
 # ------------------------------------------------------------------------------------ volumes
 
 #: Axis labels of the `Volume.affine` world frame (RAS+), for MONAI's `Orientation`.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
 
 def _meta(array: np.ndarray, volume: Volume) -> MetaTensor:
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
@@ -396,16 +241,6 @@ def random_shift(x: torch.Tensor, max_shift: list[int], rng: np.random.Generator
     return out
 
 
-def sample_cmr(cine: torch.Tensor, cfg: CMRPreprocess, rng: np.random.Generator | None = None) -> torch.Tensor:
-    """The cine [T, Z, H, W] as the model takes it: itself at inference; in training shifted
-    in-plane and (with `roll_phases`) started at a random phase."""
-    if rng is None:
-        return cine
-    if cfg.roll_phases:
-        cine = torch.roll(cine, int(rng.integers(cine.shape[0])), dims=0)
-    return random_shift(cine, [cfg.max_shift_px] * 2, rng)
-
-
 def evenly_spaced(n: int, k: int) -> np.ndarray:
     """k indices spread evenly over range(n), first and last included (repeats when k > n)."""
     return np.rint(np.linspace(0, n - 1, k)).astype(int) if k > 1 else np.array([n // 2])
@@ -420,7 +255,7 @@ def phase_indices(n_phases: int, k: int, frame_times_ms: list[float] | None) -> 
     return np.abs(times[None, :] - targets[:, None]).argmin(1)
 
 
-def preprocess_cmr(volume: Volume, cfg: CMRPreprocess) -> torch.Tensor:
+def prepare_cmr(volume: Volume, cfg: CMRPreprocess) -> torch.Tensor:
     """cine [T, Z, H, W] float32 in [0, 1]."""
     if volume.array.ndim != 4:
         raise ReaderError(f"expected a CMR cine (t, z, y, x), got shape {volume.array.shape}",
@@ -436,7 +271,17 @@ def preprocess_cmr(volume: Volume, cfg: CMRPreprocess) -> torch.Tensor:
     return _plain(x)
 
 
-def preprocess_ct(volume: Volume, cfg: CTPreprocess) -> torch.Tensor:
+def sample_cmr(cine: torch.Tensor, cfg: CMRPreprocess, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """The cine [T, Z, H, W] as the model takes it: itself at inference; in training shifted
+    in-plane and (with `roll_phases`) started at a random phase."""
+    if rng is None:
+        return cine
+    if cfg.roll_phases:
+        cine = torch.roll(cine, int(rng.integers(cine.shape[0])), dims=0)
+    return random_shift(cine, [cfg.max_shift_px] * 2, rng)
+
+
+def prepare_ct(volume: Volume, cfg: CTPreprocess) -> torch.Tensor:
     """volume [1, D, H, W] float32, the HU window mapped to [0, 1]."""
     if volume.array.ndim != 3:
         raise ReaderError(f"expected a CT volume (z, y, x), got shape {volume.array.shape}", volume.source)
@@ -452,3 +297,8 @@ def preprocess_ct(volume: Volume, cfg: CTPreprocess) -> torch.Tensor:
     x = ScaleIntensityRange(low, high, 0.0, 1.0, clip=True)(x)
     x = ResizeWithPadOrCrop(tuple(cfg.shape))(x)
     return _plain(x)
+
+
+def sample_ct(volume: torch.Tensor, cfg: CTPreprocess, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """The volume [1, D, H, W] as the model takes it: itself at inference, shifted in training."""
+    return random_shift(volume, cfg.max_shift_vox, rng)

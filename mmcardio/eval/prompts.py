@@ -8,17 +8,24 @@ has rarely seen a negated finding, and would place it next to the finding itself
 templates filled over a grid of values (EchoCLIP-style regression by prompt similarity); a template
 may also state the clinical grade of each value (`{grade}`, from guideline bands), because
 reports write "LVEF 35%, moderately reduced" and the words carry the value as much as the digits.
-Users evaluating other findings add a `FindingPrompts` to a copy of `FINDINGS`.
+
+An evaluation embeds a `PromptSet`: `default_prompts()` (the registry below), or a YAML/JSON file
+of the same shape (`load_prompts`, `mmcardio zeroshot --prompts FILE`; `PromptSet.to_dict()`
+writes the default one as a starting point).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mmcardio.errors import MMCardioError
-
-LANGUAGES = ("en", "zh")
+from mmcardio.config import read_mapping
+from mmcardio.errors import ConfigError, MMCardioError
+from mmcardio.modality import STUDY_MODALITIES
+from mmcardio.study import LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -181,13 +188,6 @@ VALUES: dict[str, ValuePrompts] = {v.measurement: v for v in (
 )}
 
 
-def finding(name: str) -> FindingPrompts:
-    """The registry entry of `name`; an unknown name lists the known ones."""
-    if name not in FINDINGS:
-        raise MMCardioError(f"no prompts for finding {name!r}; known: {sorted(FINDINGS)}", field="finding")
-    return FINDINGS[name]
-
-
 #: What each modality is read for in practice, by finding category: the headline macro AUROC
 #: averages these (rhythm and conduction from the ECG, systolic function from echo and CMR,
 #: calcium from CT); the other findings a modality shows are reported beside it.
@@ -195,12 +195,135 @@ HEADLINE: dict[str, tuple[str, ...]] = {ECG: ("rhythm", "conduction"), ECHO: ("f
                                         CMR: ("function",), CT: ("calcium",)}
 
 
-def headline_findings(modality: str) -> list[str]:
-    """Findings of `modality`'s headline categories; for the fused "study", all of them."""
-    categories = {c for m, cs in HEADLINE.items() if modality in (m, "study") for c in cs}
-    return [f for f in findings_for(modality) if FINDINGS[f].category in categories]
+@dataclass(frozen=True)
+class PromptSet:
+    """What a zero-shot evaluation embeds: findings to classify (by name), measurements to
+    regress from value prompts (by measurement), and the finding categories each modality is
+    read for (its headline)."""
+
+    findings: Mapping[str, FindingPrompts]
+    values: Mapping[str, ValuePrompts]
+    headline: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(HEADLINE))
+
+    def findings_for(self, modality: str) -> list[str]:
+        """Findings `modality` can show; the fused "study" embedding can show every finding."""
+        return [f.name for f in self.findings.values() if modality == "study" or modality in f.modalities]
+
+    def headline_findings(self, modality: str) -> list[str]:
+        """Findings of `modality`'s headline categories; for the fused "study", all of them."""
+        categories = {c for m, cs in self.headline.items() if modality in (m, "study") for c in cs}
+        return [f for f in self.findings_for(modality) if self.findings[f].category in categories]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON/YAML form `prompts_from_dict` and `load_prompts` read."""
+        def lists(by_lang: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+            return {lang: list(texts) for lang, texts in by_lang.items()}
+        return {
+            "findings": {name: {"modalities": list(f.modalities), "category": f.category,
+                                "positive": lists(f.positive), "negative": lists(f.negative)}
+                         for name, f in self.findings.items()},
+            "values": {name: {"unit": v.unit, "modalities": list(v.modalities), "grid": list(v.grid),
+                              "templates": lists(v.templates),
+                              "bands": [{"lower": b.lower, "words": dict(b.words)} for b in v.bands]}
+                       for name, v in self.values.items()},
+            "headline": {m: list(cs) for m, cs in self.headline.items()}}
 
 
-def findings_for(modality: str) -> list[str]:
-    """Findings `modality` can show; the fused "study" embedding can show every finding."""
-    return [f.name for f in FINDINGS.values() if modality == "study" or modality in f.modalities]
+def default_prompts() -> PromptSet:
+    """The built-in registry: 14 findings of the ECG, echo, CMR and CT, and LVEF values."""
+    return PromptSet(dict(FINDINGS), dict(VALUES), dict(HEADLINE))
+
+
+def load_prompts(path: str | Path) -> PromptSet:
+    """A prompt set from a YAML or JSON file shaped as `PromptSet.to_dict()`: `findings`
+    {name: {modalities, category, positive: {lang: [...]}, negative: {lang: [...]}}}, `values`
+    {measurement: {unit, modalities, grid, templates: {lang: [...]}, bands (optional)}} and
+    `headline` {modality: [category, ...]} (optional: the built-in one). Every language of
+    `study.LANGUAGES` needs its prompts."""
+    return prompts_from_dict(read_mapping(path), str(path))
+
+
+def prompts_from_dict(data: Any, source: str = "<dict>") -> PromptSet:
+    """Check and build a prompt set; errors name `source`, the field and what was expected."""
+    def fail(where: str, expected: str, got: Any) -> ConfigError:
+        shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:80] + "..."
+        return ConfigError(f"expected {expected}, got {shown}", source, where)
+
+    def mapping(value: Any, where: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict:
+        """`value` as a mapping; with `required`, of those keys (and `optional` ones) only."""
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise fail(where, "a mapping", value)
+        keys = (*required, *optional)
+        if keys and (set(value) - set(keys) or set(required) - set(value)):
+            wanted = (f"the keys {list(required)}" + (f" and optionally {list(optional)}" if optional else "")
+                      if required else f"keys among {list(optional)}")
+            raise fail(where, wanted, sorted(value))
+        return value
+
+    def text(value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise fail(where, "a non-empty text", value)
+        return value
+
+    def texts(value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise fail(where, "a non-empty list of texts", value)
+        return tuple(text(t, f"{where}[{i}]") for i, t in enumerate(value))
+
+    def number(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(where, "a number", value)
+        return float(value)
+
+    def per_language(value: Any, where: str, read=texts) -> dict:
+        mapping(value, where, LANGUAGES)
+        return {lang: read(value[lang], f"{where}.{lang}") for lang in LANGUAGES}
+
+    def modalities(value: Any, where: str) -> tuple[str, ...]:
+        known = [str(m) for m in STUDY_MODALITIES]
+        if not set(texts(value, where)) <= set(known):
+            raise fail(where, f"modalities among {known}", value)
+        return tuple(value)
+
+    def templates(value: Any, where: str) -> dict[str, tuple[str, ...]]:
+        out = per_language(value, where)
+        for lang, ts in out.items():
+            for i, t in enumerate(ts):
+                try:
+                    t.format(v=0, grade="")
+                except (KeyError, IndexError, ValueError):
+                    raise fail(f"{where}.{lang}[{i}]", "a template with a {v} slot (and optionally "
+                               "{grade})", t) from None
+        return out
+
+    top = mapping(data, "prompts", optional=("findings", "values", "headline"))
+    findings = {}
+    for name, entry in mapping(top.get("findings", {}), "findings").items():
+        at = f"findings.{name}"
+        mapping(entry, at, ("modalities", "category", "positive", "negative"))
+        findings[name] = FindingPrompts(name, modalities(entry["modalities"], f"{at}.modalities"),
+                                        text(entry["category"], f"{at}.category"),
+                                        per_language(entry["positive"], f"{at}.positive"),
+                                        per_language(entry["negative"], f"{at}.negative"))
+    values = {}
+    for name, entry in mapping(top.get("values", {}), "values").items():
+        at = f"values.{name}"
+        mapping(entry, at, ("unit", "modalities", "grid", "templates"), ("bands",))
+        grid = entry["grid"] if isinstance(entry["grid"], list) and entry["grid"] else None
+        if grid is None:
+            raise fail(f"{at}.grid", "a non-empty list of numbers", entry["grid"])
+        bands = [mapping(b, f"{at}.bands[{i}]", ("lower", "words")) for i, b in enumerate(entry.get("bands", []))]
+        try:
+            values[name] = ValuePrompts(
+                name, text(entry["unit"], f"{at}.unit"), modalities(entry["modalities"], f"{at}.modalities"),
+                tuple(number(v, f"{at}.grid[{i}]") for i, v in enumerate(grid)),
+                templates(entry["templates"], f"{at}.templates"),
+                tuple(Band(number(b["lower"], f"{at}.bands[{i}].lower"),
+                           per_language(b["words"], f"{at}.bands[{i}].words", text)) for i, b in enumerate(bands)))
+        except ConfigError:
+            raise
+        except MMCardioError as err:
+            raise ConfigError(err.problem, source, f"{at}.{err.field}") from None
+    headline = ({m: texts(cs, f"headline.{m}") for m, cs in mapping(top["headline"], "headline").items()}
+                if "headline" in top else dict(HEADLINE))
+    return PromptSet(findings, values, headline)

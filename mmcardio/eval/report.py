@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from mmcardio.eval.metrics import AGE_BANDS
-from mmcardio.eval.prompts import headline_findings
+from mmcardio.eval.prompts import prompts_from_dict
 from mmcardio.io import write_text
+from mmcardio.study import LANGUAGES
 
 P_AT_10_DEFINITION = (
     "*P@10 consistent*: for each report query, the share of the top-10 retrieved studies (the "
@@ -43,7 +44,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _summary(m: dict) -> list[str]:
     z, r = m["summary"]["zeroshot"], m["summary"]["retrieval"]
-    rows = [[f"zero-shot macro AUROC, {key}: {', '.join(headline_findings(key))} (EN prompts)", _num(v)]
+    prompts = prompts_from_dict(m["prompts"], "metrics.json")
+    rows = [[f"zero-shot macro AUROC, {key}: {', '.join(prompts.headline_findings(key))} (EN prompts)", _num(v)]
             for key, v in z["macro_auroc"].items()]
     rows += [[f"zero-shot macro AUROC, {key}, every finding it shows", _num(v)]
              for key, v in z["macro_auroc_all"].items()]
@@ -133,12 +135,12 @@ def _retrieval(m: dict) -> list[str]:
               *_table(["finding", "searched", "studies (with it)", "P@10 EN", "P@10 ZH", "linear probe P@10"], rows)]
     lang = m["language"]
     lines += ["### Chinese vs English report queries", "",
-              f"Each study's own report in both languages as the query (exact match), over "
-              f"{lang['n_pairs']} studies.", ""]
+              (f"Each study's own report in both languages (the manifest's report and its "
+               f"translation) as the query (exact match), over {lang['n_pairs']} studies."), ""]
     if "en" in lang:
         lines += _table(["queries", "R@1", "R@10", "MRR"],
                         [[code, _num(lang[code]["R@1"]), _num(lang[code]["R@10"]), _num(lang[code]["MRR"])]
-                         for code in ("en", "zh")])
+                         for code in LANGUAGES])
         lines += [f"MRR ZH - EN: {_num(lang['mrr_gap'])}", ""]
     return lines
 

@@ -6,7 +6,9 @@ over the two class logits with the model's logit scale. Regression (EchoCLIP-sty
 to value prompts over a grid, softmax-weighted (or top-k) mean of the grid values. Retrieval:
 report text <-> study embeddings both directions, and finding queries ("atrial fibrillation")
 embedded as search queries (`CardioCLIP.encode_query`). Plus a linear-probe baseline, calibration,
-subgroup AUROC by sex and age band, and the Chinese-vs-English gap.
+subgroup AUROC by sex and age band, and the Chinese-vs-English gap. The findings and value
+prompts are a `PromptSet` passed in (`prompts.default_prompts()` unless the user gives a file);
+the Chinese and English report pairs come from the manifest's reports and `translations`.
 
 Outputs in the output folder: metrics.json, report.md and PNG plots.
 """
@@ -28,8 +30,13 @@ from tqdm import tqdm
 
 from mmcardio.errors import MMCardioError
 from mmcardio.eval import metrics as M
-from mmcardio.eval.prompts import FINDINGS, LANGUAGES, VALUES, headline_findings
-from mmcardio.eval.retrieval import finding_queries, language_gap, read_truth, retrieval_by_modality
+from mmcardio.eval.prompts import PromptSet, default_prompts
+from mmcardio.eval.retrieval import (
+    bilingual_reports,
+    finding_queries,
+    language_gap,
+    retrieval_by_modality,
+)
 from mmcardio.io import write_json
 from mmcardio.retrieval.store import (
     EmbeddingStore,
@@ -38,7 +45,7 @@ from mmcardio.retrieval.store import (
     load_model,
     measurements_of,
 )
-from mmcardio.study import read_manifest
+from mmcardio.study import LANGUAGES, read_manifest
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -96,13 +103,14 @@ def predict_values(vectors: np.ndarray, value_classes: np.ndarray, grid: Sequenc
 
 @dataclass
 class EvalContext:
-    """What every evaluation step needs: the embeddings, the split and a text encoder (of
-    prompts and reports), and the encoder of search queries (default: the same)."""
+    """What every evaluation step needs: the embeddings, the split, a text encoder (of
+    prompts and reports), the prompt set, and the encoder of search queries (default: the same)."""
 
     store: EmbeddingStore
     split: str
     encode_text: TextEncoder
     logit_scale: float
+    prompts: PromptSet
     n_bootstrap: int = 1000
     seed: int = 0
     ece_bins: int = 10
@@ -117,8 +125,9 @@ class EvalContext:
     def build_heads(self, languages: Sequence[str] = LANGUAGES) -> None:
         """Class embeddings of every finding and value target per language, from one batched
         pass over all prompts (a text-tower call per finding costs far more)."""
-        groups = {(lang, p.name): p.classes(lang) for lang in languages for p in FINDINGS.values()}
-        groups |= {(lang, v.measurement): v.classes(lang) for lang in languages for v in VALUES.values()}
+        groups = {(lang, p.name): p.classes(lang) for lang in languages for p in self.prompts.findings.values()}
+        groups |= {(lang, v.measurement): v.classes(lang) for lang in languages
+                   for v in self.prompts.values.values()}
         self.heads = encode_classes(self.encode_text, groups)
 
 
@@ -137,7 +146,7 @@ class Curve:
 def classify(ctx: EvalContext, lang: str) -> tuple[list[dict], list[Curve], list[dict]]:
     """Zero-shot AUROC/AUPRC (bootstrap CIs) and ECE per finding and modality."""
     rows, curves, skipped = [], [], []
-    for prompts in tqdm(FINDINGS.values(), desc=f"zero-shot ({lang})", unit="finding",
+    for prompts in tqdm(ctx.prompts.findings.values(), desc=f"zero-shot ({lang})", unit="finding",
                         disable=not ctx.progress):
         classes = ctx.heads[(lang, prompts.name)]
         for key in ctx.keys_for(prompts.modalities):
@@ -175,7 +184,7 @@ def linear_probe(ctx: EvalContext, train_split: str = "train") -> list[dict]:
     if ctx.split in (train_split, "all"):
         return []
     rows = []
-    for prompts in FINDINGS.values():
+    for prompts in ctx.prompts.findings.values():
         for key in ctx.keys_for(prompts.modalities):
             x_tr, y_tr, _ = labelled(*ctx.store.select(key, split=train_split), prompts.name)
             x_te, y_te, _ = labelled(*ctx.store.select(key, split=ctx.split), prompts.name)
@@ -193,7 +202,7 @@ def linear_probe(ctx: EvalContext, train_split: str = "train") -> list[dict]:
 def regress(ctx: EvalContext, lang: str, top_k: int | None = None) -> tuple[list[dict], dict]:
     """Value-prompt regression per measurement and modality: MAE and Pearson r."""
     rows, points = [], {}
-    for target in VALUES.values():
+    for target in ctx.prompts.values.values():
         classes = ctx.heads[(lang, target.measurement)]
         for key in ctx.keys_for(target.modalities):
             vectors, meta = ctx.store.select(key, split=ctx.split)
@@ -209,9 +218,9 @@ def regress(ctx: EvalContext, lang: str, top_k: int | None = None) -> tuple[list
     return rows, points
 
 
-def summarise(results: dict) -> dict:
+def summarise(results: dict, prompts: PromptSet) -> dict:
     """Headline numbers (English prompts unless named): per-modality macro AUROC over the
-    findings each modality is read for (`prompts.HEADLINE`; `macro_auroc_all` over every
+    findings each modality is read for (`prompts.headline`; `macro_auroc_all` over every
     finding it shows), LVEF MAE from echo, ECE, the largest subgroup AUROC gap; finding-query
     precision@10 by the modality that shows the finding and its Chinese-English gap; exact
     report-to-study retrieval."""
@@ -220,7 +229,7 @@ def summarise(results: dict) -> dict:
                                   if r["lang"] == lang]) for lang in LANGUAGES}
     keys = list(dict.fromkeys(r["modality"] for r in english))
     macro = {key: _nanmean([r["auroc"]["value"] for r in english if r["modality"] == key
-                            and r["finding"] in headline_findings(key)]) for key in keys}
+                            and r["finding"] in prompts.headline_findings(key)]) for key in keys}
     macro_all = {key: _nanmean([r["auroc"]["value"] for r in english if r["modality"] == key])
                  for key in keys}
     lvef = {r["modality"]: r["mae"] for r in results["regression"]
@@ -281,13 +290,14 @@ def model_logit_scale(model) -> float:
 
 def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str | Path,
                       split: str = "test", store: str | Path | None = None,
-                      truth: str | Path | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                      prompts: PromptSet | None = None, n_bootstrap: int = 1000, seed: int = 0,
                       batch_size: int = 8, regression_top_k: int | None = None,
                       progress: bool = True, accelerator: Accelerator | None = None,
                       cache: str | Path | None = None) -> dict:
     """Evaluate `model_folder` zero-shot on `manifest`'s `split`; write metrics.json, report.md
     and plots to `out`. Embeddings come from `store` (default OUT/store), which is filled with
-    any studies of the manifest it does not hold yet."""
+    any studies of the manifest it does not hold yet. `prompts`: the findings and values to
+    evaluate (default: `default_prompts()`)."""
     from mmcardio.eval.plots import write_plots
     from mmcardio.eval.report import write_report
 
@@ -297,22 +307,23 @@ def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str |
     embed_manifest(model_folder, manifest, store_folder, batch_size, progress, accelerator, cache)
     if accelerator is not None and not accelerator.is_main_process:
         return {}
-    study_ids = [s.study_id for s in read_manifest(manifest)]
-    emb = EmbeddingStore.load(store_folder).subset(study_ids)
+    studies = read_manifest(manifest)
+    emb = EmbeddingStore.load(store_folder).subset([s.study_id for s in studies])
     if split != "all" and not (emb.meta["split"] == split).any():
         raise MMCardioError(f"no study in split {split!r}; the manifest has splits "
                             f"{sorted(set(emb.meta['split']))} (or use 'all')", manifest, "split")
     model = load_model(model_folder, accelerator.device if accelerator else "cpu")
-    ctx = EvalContext(emb, split, numpy_encoder(model.encode_text), model_logit_scale(model), n_bootstrap,
-                      seed, progress=progress, encode_query=numpy_encoder(model.encode_query))
-    evaluation = run_evaluation(ctx, read_truth(Path(truth) if truth else manifest.parent / "truth.jsonl"),
-                                regression_top_k)
+    prompts = prompts or default_prompts()
+    ctx = EvalContext(emb, split, numpy_encoder(model.encode_text), model_logit_scale(model), prompts,
+                      n_bootstrap, seed, progress=progress, encode_query=numpy_encoder(model.encode_query))
+    evaluation = run_evaluation(ctx, bilingual_reports(studies), regression_top_k)
     evaluated = emb.meta if split == "all" else emb.meta[emb.meta["split"] == split]
     results = {"model": emb.model, "manifest": str(manifest), "split": split, "out": str(out),
                "store": str(store_folder), "n_studies": int(evaluated["study_id"].nunique()),
                "logit_scale": ctx.logit_scale, "n_bootstrap": n_bootstrap, "seed": seed,
-               "ece_bins": ctx.ece_bins, **evaluation.metrics}
-    results["plots"] = write_plots(out, evaluation.curves, evaluation.points, evaluation.ranks)
+               "ece_bins": ctx.ece_bins, "prompts": prompts.to_dict(), **evaluation.metrics}
+    results["plots"] = write_plots(out, evaluation.curves, evaluation.points, evaluation.ranks,
+                                   {name: v.unit for name, v in prompts.values.items()})
     results["seconds"] = round(time.perf_counter() - start, 3)
     write_json(out / "metrics.json", results)
     write_report(results, out / "report.md")
@@ -329,10 +340,11 @@ class Evaluation:
     ranks: dict[str, np.ndarray]
 
 
-def run_evaluation(ctx: EvalContext, truth: dict[str, dict],
+def run_evaluation(ctx: EvalContext, reports: Mapping[str, Mapping[str, str]],
                    regression_top_k: int | None = None) -> Evaluation:
     """Every evaluation step on `ctx`: zero-shot classification and regression in each
-    language, linear probe, subgroups, retrieval and the Chinese-vs-English gap."""
+    language, linear probe, subgroups, retrieval and the Chinese-vs-English gap (over the
+    studies `reports` gives in every language: study_id -> language -> whole report)."""
     if not ctx.heads:
         ctx.build_heads()
     classification, curves, skipped, regression, points = [], [], [], [], {}
@@ -344,13 +356,13 @@ def run_evaluation(ctx: EvalContext, truth: dict[str, dict],
         reg_rows, reg_points = regress(ctx, lang, regression_top_k)
         regression += reg_rows
         points.update(reg_points)
-    retrieval_results, ranks = retrieval_by_modality(ctx.store, ctx.split)
+    retrieval_results, ranks = retrieval_by_modality(ctx.store, ctx.split, ctx.prompts)
     metrics = {"classification": classification, "skipped": skipped,
                "linear_probe": linear_probe(ctx),
                "subgroups": subgroups([c for c in curves if c.lang == "en"]),
                "regression": regression, "retrieval": retrieval_results,
-               "finding_queries": [row for lang in LANGUAGES for row in
-                                   finding_queries(ctx.store, ctx.split, ctx.encode_query or ctx.encode_text, lang)],
-               "language": language_gap(ctx.store, ctx.split, ctx.encode_text, truth)}
-    metrics["summary"] = summarise(metrics)
+               "finding_queries": [row for lang in LANGUAGES for row in finding_queries(
+                   ctx.store, ctx.split, ctx.encode_query or ctx.encode_text, lang, ctx.prompts)],
+               "language": language_gap(ctx.store, ctx.split, ctx.encode_text, reports)}
+    metrics["summary"] = summarise(metrics, ctx.prompts)
     return Evaluation(metrics, curves, points, ranks)

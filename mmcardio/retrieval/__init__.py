@@ -11,5 +11,5 @@ _EXPORTS = {
     **dict.fromkeys(("Hit", "Index", "IndexParams", "Retriever", "build_index"), "mmcardio.retrieval.index"),
     **dict.fromkeys(("EmbeddingStore", "embed_manifest", "model_fingerprint"), "mmcardio.retrieval.store"),
 }
-__all__ = ["KINDS", "STORE_KEYS", *_EXPORTS]
+__all__ = ["KINDS", "STORE_KEYS"] + list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

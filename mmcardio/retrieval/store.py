@@ -172,28 +172,31 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
 @torch.inference_mode()
 def embed_studies(model, studies: Sequence[Study], batch_size: int = 8, progress: bool = True,
                   num_workers: int = 0, cache: str | Path | None = None) -> tuple[np.ndarray, pd.DataFrame]:
-    """Embed every modality, the fused study embedding and the report of each study, with the
-    preprocessing stored in the model's config and centred windows. Studies held by `cache`
-    (a `mmcardio prepare` folder, refused if made with other preprocessing) are read from it,
-    the others decoded from their files."""
+    """Embed every modality, the fused study embedding and the report of each study, read by
+    the model's `CardioProcessor` (its stored preprocessing, centred windows) and encoded by
+    `model.encode_studies`. Studies held by `cache` (a `mmcardio prepare` folder, refused if
+    made with other preprocessing) are read from it, the others decoded from their files."""
     from torch.utils.data import ConcatDataset
     from tqdm import tqdm
 
-    from mmcardio.datasets.cohort import StudyCache, StudyDataset, as_preprocess, make_loader
+    from mmcardio.datasets.cache import StudyCache
+    from mmcardio.datasets.cohort import StudyDataset, make_loader
+    from mmcardio.processor import CardioProcessor
 
     by_id = {s.study_id: s for s in studies}
-    cfg = as_preprocess(model.config.preprocess)
-    to_decode = (set(StudyCache(cache, cfg, model.modalities).missing(studies, model.modalities)) if cache
-                 else {s.study_id for s in studies})
-    parts = [StudyDataset([s for s in studies if (s.study_id in to_decode) == decode], cfg, train=False,
-                          modalities=model.modalities, cache_dir=None if decode else cache)
+    processor = CardioProcessor.from_model(model)
+    modalities = processor.modalities
+    to_decode = (set(StudyCache(cache, processor.preprocess, modalities).missing(studies, modalities))
+                 if cache else {s.study_id for s in studies})
+    parts = [StudyDataset([s for s in studies if (s.study_id in to_decode) == decode], processor, train=False,
+                          cache_dir=None if decode else cache)
              for decode in (False, True)]
     dataset = ConcatDataset([p for p in parts if len(p)])
     loader = make_loader(dataset, batch_size, num_workers=num_workers, drop_last=False)
     vectors: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-        for key, ids, vecs in _batch_embeddings(model, _to_device(batch, model.device)):
+        for key, ids, vecs in _batch_vectors(model, _to_device(batch, model.device)):
             vectors.append(vecs)
             rows += [_meta_row(by_id[i], key) for i in ids]
     if not vectors:
@@ -209,13 +212,10 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _batch_embeddings(model, batch: dict) -> list[tuple[str, list[str], np.ndarray]]:
+def _batch_vectors(model, batch: dict) -> list[tuple[str, list[str], np.ndarray]]:
     """(key, study_ids, vectors) for each modality, the fused study and the whole report."""
     ids = list(batch["study_id"])
-    features = {m: model.encode(m, batch[m]) for m in model.modalities if m in batch}
-    rows = {m: batch[m]["rows"].to(model.device) for m in features}
-    if features:
-        features["study"], rows["study"] = model.fuse(features, rows, len(ids))
+    features, rows, _ = model.encode_studies(batch, len(ids))
     result = [(str(key), [ids[r] for r in rows[key].tolist()], _normalise(feats))
               for key, feats in features.items()]
     with_text = [i for i, t in enumerate(batch["text"]) if t]

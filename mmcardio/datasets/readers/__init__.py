@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmcardio.datasets.readers.dicom import dicom_kind, read_dicom_series
+from mmcardio.datasets.readers.dicom import dicom_kind
+from mmcardio.datasets.readers.dicom_series import read_dicom_series
 from mmcardio.datasets.readers.ecg import read_ecg
+from mmcardio.datasets.readers.limits import require_file
 from mmcardio.datasets.readers.nifti import read_nifti
 from mmcardio.datasets.readers.video import read_video
 from mmcardio.errors import ReaderError
 from mmcardio.records import ECG, Video, Volume
 
-__all__ = ["read", "read_ecg", "read_video", "read_volume", "read_for_column", "sniff"]
+__all__ = ["read", "read_ecg", "read_for_column", "read_video", "read_volume", "sniff"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -26,10 +28,9 @@ def sniff(path: str | Path) -> str:
     path = Path(path)
     if not path.exists() and path.with_name(path.name + ".hea").exists():
         return "ecg"  # a WFDB record named without its extension
-    if not path.exists():
-        raise ReaderError("file does not exist", path)
     if path.is_dir():
         return "volume"
+    require_file(path)
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "volume"

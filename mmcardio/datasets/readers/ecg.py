@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import wfdb
 from pydicom.errors import InvalidDicomError
 from pydicom.waveforms.numpy_handler import multiplex_array
 
+from mmcardio.datasets.readers.ecg_wfdb import read_wfdb
 from mmcardio.datasets.readers.ecg_xml import Channel, mv_per_unit, read_ecg_xml
+from mmcardio.datasets.readers.limits import require_file
 from mmcardio.errors import ReaderError
 from mmcardio.records import ECG, STANDARD_LEADS
 
@@ -52,9 +53,11 @@ _LEAD_BY_SCP_NUMBER = {number: lead for lead, number in SCP_ECG_LEAD_CODES.items
 EIGHT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 NUMPY_LEAD_ORDERS = {12: STANDARD_LEADS, 8: EIGHT_LEADS}
 
-#: What wfdb raises on malformed headers and short or corrupt .dat files.
-WFDB_ERRORS = (ValueError, IndexError, KeyError, TypeError, OSError)
 FLAT_PEAK_TO_PEAK_MV = 0.010  # below 10 uV on every lead there is no ECG in the file
+#: Above 1 V a sample is no surface ECG (hundreds of times any QRS): wrong units or a bad value.
+MAX_ABS_MV = 1000.0
+#: Sampling rates an ECG can have (Holter 128 Hz, PTB-XL's 100 Hz copies, 10 kHz research).
+ECG_FS_RANGE_HZ = (25.0, 100_000.0)
 _EPONYMS = re.compile(r"\((einthoven|goldberger|wilson)\)", re.IGNORECASE)
 _PREFIXES = re.compile(r"^(MDCECG)?(LEAD)?")
 
@@ -98,7 +101,7 @@ def read_ecg(path: str | Path, fs: float | None = None, min_leads: int = 6,
     elif kind == "csv":
         channels, stated_fs = _read_csv(path, units or "mV"), None
     else:
-        channels, stated_fs = {"wfdb": _read_wfdb, "dicom": _read_dicom, "xml": read_ecg_xml}[kind](path)
+        channels, stated_fs = {"wfdb": read_wfdb, "dicom": _read_dicom, "xml": read_ecg_xml}[kind](path)
     return _assemble(channels, _sampling_rate(stated_fs, fs, path), path, min_leads)
 
 
@@ -111,6 +114,7 @@ def _detect_format(path: Path) -> tuple[str, Path]:
         raise ReaderError("file does not exist", path)
     if path.is_dir():
         raise ReaderError("is a folder; expected an ECG file", path)
+    require_file(path)
     suffix = path.suffix.lower()
     if suffix in (".hea", ".dat"):
         if not path.with_suffix(".hea").exists():
@@ -136,24 +140,14 @@ def _sampling_rate(stated: float | None, given: float | None, path: Path) -> flo
     if stated is not None and given is not None and not math.isclose(stated, given, rel_tol=1e-6):
         raise ReaderError(f"the file states {stated:g} Hz but fs={given:g} was passed", path, "fs")
     rate = float(stated if stated is not None else given)
-    if not (math.isfinite(rate) and rate > 0):
-        raise ReaderError(f"sampling rate {rate} Hz is not a positive number", path, "fs")
+    low, high = ECG_FS_RANGE_HZ
+    if not (math.isfinite(rate) and low <= rate <= high):
+        raise ReaderError(f"sampling rate {rate:g} Hz is outside the {low:g}-{high:g} Hz an ECG is "
+                          "recorded at", path, "fs")
     return rate
 
 
 # --- formats --------------------------------------------------------------------------------------
-
-def _read_wfdb(header: Path) -> tuple[list[Channel], float]:
-    """wfdb reads the record; units come from the header (WFDB's default is mV)."""
-    try:
-        record = wfdb.rdrecord(str(header.with_suffix("")))
-    except WFDB_ERRORS as err:
-        raise ReaderError(f"corrupt or truncated WFDB record ({type(err).__name__}: {err})", header) from None
-    if record.p_signal is None or record.p_signal.size == 0:
-        raise ReaderError("WFDB record holds no samples", header)
-    return [Channel(name, record.p_signal[:, i] * mv_per_unit(unit or "mV", header, f"units[{name}]"))
-            for i, (name, unit) in enumerate(zip(record.sig_name, record.units))], float(record.fs)
-
 
 def _read_dicom(path: Path) -> tuple[list[Channel], float | None]:
     """pydicom decodes the multiplex group (sensitivity x correction + baseline); the channel
@@ -326,6 +320,10 @@ def _check_finite(leads: dict[str, np.ndarray], path: Path) -> None:
         if bad:
             raise ReaderError(f"lead {name} has {bad} NaN (missing or invalid) samples of "
                               f"{len(values)}", path, name)
+        largest = float(np.max(np.abs(values)))
+        if largest > MAX_ABS_MV:
+            raise ReaderError(f"lead {name} has a sample of {largest:.4g} mV, beyond the +-{MAX_ABS_MV:g} "
+                              "mV of any surface ECG: wrong amplitude units or corrupt values", path, name)
 
 
 def _check_lengths(leads: dict[str, np.ndarray], path: Path) -> None:

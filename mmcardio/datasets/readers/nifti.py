@@ -6,6 +6,7 @@ array is transposed and the affine's first three columns reversed to keep index 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from mmcardio.datasets.readers.limits import DEFLATE_MAX_RATIO, check_claim, require_file
 from mmcardio.errors import ReaderError
 from mmcardio.modality import Modality
 from mmcardio.records import Volume
@@ -39,8 +41,7 @@ def read_nifti(path: str | Path, modality: str | None = None) -> Volume:
     (or a description naming HU), "label" for label maps, otherwise "a.u.".
     """
     path = Path(path)
-    if not path.is_file():
-        raise ReaderError("file does not exist", path)
+    require_file(path)
     image, data = _load(path)
     while data.ndim > 4 or (data.ndim == 4 and data.shape[3] == 1):
         if data.shape[-1] != 1:
@@ -74,9 +75,24 @@ def _load(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ReaderError(f"not a NIfTI image (nibabel reads it as {type(image).__name__})", path)
+        _check_voxel_claim(image, path)
         return image, np.asanyarray(image.dataobj)
     except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error) as err:
         raise ReaderError(f"not a readable NIfTI file, or truncated ({type(err).__name__}: {err})", path) from err
+
+
+def _check_voxel_claim(image: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a header whose dimensions need more bytes than the image file can hold."""
+    shape = image.header.get_data_shape()
+    claimed = math.prod(int(n) for n in shape) * image.header.get_data_dtype().itemsize
+    data_file = Path(image.file_map["image"].filename)
+    stored = data_file.stat().st_size
+    name = data_file.name.lower()
+    # gzip bounds the voxels by its ratio; bz2 and zstd compress runs too well to bound
+    available = stored * DEFLATE_MAX_RATIO if name.endswith(".gz") else \
+        None if name.endswith((".bz2", ".zst")) else stored
+    check_claim(path, "dim", claimed, available,
+                f"{'x'.join(map(str, shape))} voxels of {image.header.get_data_dtype()}")
 
 
 def _description(header) -> str:

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, convert_color_space
 
 from mmcardio.datasets.readers.dicom import decode_pixels, read_dicom_file
+from mmcardio.datasets.readers.limits import check_claim, require_file
 from mmcardio.errors import ReaderError
 from mmcardio.records import Video
 
@@ -32,8 +33,7 @@ GREY_SPACES = ("MONOCHROME1", "MONOCHROME2")
 def read_video(path: str | Path) -> Video:
     """Read an echo cine: a DICOM ultrasound file (by content) or an AVI/MP4/MOV container."""
     path = Path(path)
-    if not path.is_file():
-        raise ReaderError("file does not exist", path)
+    require_file(path)
     with open(path, "rb") as fh:
         is_dicom = fh.read(132)[128:] == b"DICM"
     return read_dicom_video(path) if is_dicom else read_container_video(path)
@@ -60,7 +60,12 @@ def read_container_video(path: str | Path) -> Video:
             stream = container.streams.video[0]  # IndexError: no video stream
             rate = stream.average_rate or stream.guessed_rate
             fps, declared = float(rate or 0), stream.frames  # frames: 0 when the header does not say
-            frames.extend(frame.to_ndarray(format="rgb24") for frame in container.decode(stream))
+            frame_bytes = 3 * stream.codec_context.width * stream.codec_context.height
+            check_claim(path, "frames", frame_bytes * max(declared, 1), None,
+                        f"{declared} frames of {stream.codec_context.width}x{stream.codec_context.height} RGB")
+            for frame in container.decode(stream):  # a header may understate its frames
+                frames.append(frame.to_ndarray(format="rgb24"))
+                check_claim(path, "frames", len(frames) * frames[-1].nbytes, None, f"at least {len(frames)} frames")
     except (OSError, ValueError, RuntimeError, IndexError, av.FFmpegError) as err:
         where = f" after {len(frames)} frames" if frames else ""
         raise ReaderError(f"not a readable video: corrupt or truncated{where} ({type(err).__name__}: {err})",

@@ -34,10 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import optimize
 
 from mmcardio.errors import ConfigError
-from mmcardio.records import Video, Volume
 from mmcardio.study import Measurement
 
 KAPPA = 0.7  # annulus height above the LV equator, in semi-major axes
@@ -54,7 +53,6 @@ LA_MIN_FRACTION = 0.45  # LA volume at end-diastole / at end-systole
 RA_VOLUME_FRACTION = 0.9  # RA volume relative to LA
 ATRIAL_SEPTUM_MM = 5.0
 MITRAL_VALVE_MM = 1.0
-PAINT_BLOCK_VOXELS = 1 << 16  # per block of `paint_layer`: its float temporaries fit in L2
 #: LV long axis (apex -> base) in patient RAS+ (x right, y anterior, z superior): the apex
 #: points left, anterior and inferior.
 _APEX_TO_BASE_RAS = np.array([0.6, -0.6, 0.5]) / np.linalg.norm([0.6, -0.6, 0.5])
@@ -104,30 +102,6 @@ class HeartParams:
             )
 
 
-@dataclass
-class EchoPhantom:
-    """An apical cine with its [T, H, W] uint8 label mask (`mmcardio.adapters.measure.Label`),
-    the frames of largest/smallest model LV volume, and the 3-D model's truth."""
-
-    video: Video
-    mask: np.ndarray
-    ed_frame: int
-    es_frame: int
-    truth: dict[str, Measurement]
-
-
-@dataclass
-class VolumePhantom:
-    """A CMR cine or CT volume, its label mask on the same grid (uint8, units "label"), the
-    truth, and for cines the phases of largest/smallest model LV volume."""
-
-    volume: Volume
-    mask: Volume
-    truth: dict[str, Measurement]
-    ed_phase: int | None = None
-    es_phase: int | None = None
-
-
 @dataclass(frozen=True)
 class Phase:
     """Geometry at one instant of the cycle."""
@@ -145,51 +119,6 @@ class Phase:
 def smooth_step(x: np.ndarray) -> np.ndarray:
     """0 below 0, 1 above 1, cosine in between."""
     return 0.5 - 0.5 * np.cos(np.pi * np.clip(x, 0.0, 1.0))
-
-
-def soft_inside(margin_mm: np.ndarray, pixel_mm: float) -> np.ndarray:
-    """Fraction of a pixel inside a boundary `margin_mm` away (positive inside): anti-aliasing."""
-    return np.clip(0.5 + margin_mm / pixel_mm, 0.0, 1.0)
-
-
-def paint_layer(
-    image: np.ndarray,
-    labels: np.ndarray,
-    margin_mm: np.ndarray,
-    value: float | np.ndarray,
-    pixel_mm: float,
-    label: int | None = None,
-) -> None:
-    """Paint one tissue over `image` in place, blending by its anti-aliased inside-fraction;
-    where the pixel centre is inside (margin > 0), set `label` too. Layers go back to front.
-
-    Works through `image` in blocks of its first axis so that the temporaries stay in the CPU
-    cache (whole-volume temporaries made a cine up to twice as slow); every voxel's arithmetic
-    is the same as on the whole array."""
-    margins = np.broadcast_to(margin_mm, image.shape)
-    # A scalar stays as given: broadcasting it would make an array, which changes the dtype.
-    values = np.broadcast_to(value, image.shape) if np.ndim(value) else None
-    rows = max(1, PAINT_BLOCK_VOXELS // max(1, image[0].size))
-    for start in range(0, len(image), rows):
-        block = slice(start, start + rows)
-        part, margin = image[block], margins[block]
-        tissue = value if values is None else values[block]
-        part += soft_inside(margin, pixel_mm) * (tissue - part)
-        if label is not None:
-            labels[block][margin > 0] = label
-
-
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: int = 8) -> np.ndarray:
-    """Low-frequency random texture (unit std) by cubic upsampling of a coarse Gaussian grid."""
-    coarse = rng.standard_normal(tuple(max(2, -(-n // cell) + 1) for n in shape))
-    field = ndimage.zoom(
-        coarse,
-        [n / c for n, c in zip(shape, coarse.shape)],
-        order=3,
-        grid_mode=True,
-        mode="nearest",
-    )[tuple(slice(0, n) for n in shape)]
-    return ((field - field.mean()) / (field.std() + 1e-9)).astype(np.float32)
 
 
 def _cut_ellipsoid_mm3(

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmcardio.adapters.measure import Label
 from mmcardio.datasets.synthetic.anatomy import (
     ANNULUS_HIGH_SIDE,
     RV_WALL_MM,
     Heart,
     HeartParams,
-    VolumePhantom,
     heart_axes_ras,
+)
+from mmcardio.datasets.synthetic.imaging import (
+    VolumePhantom,
     paint_layer,
     smooth_noise,
     soft_inside,
 )
-from mmcardio.records import Volume
+from mmcardio.records import Label, Volume
 
 #: SSFP signal relative to blood.
 SSFP_SIGNAL = {"blood": 1.0, "fat": 0.85, "myocardium": 0.26, "tissue": 0.34, "lung": 0.05}

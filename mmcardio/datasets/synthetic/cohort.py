@@ -34,15 +34,10 @@ import numpy as np
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from mmcardio.adapters.measure import Label
 from mmcardio.datasets.synthetic.ecg import synth_ecg
-from mmcardio.datasets.synthetic.findings import (
-    LABELS,
-    PatientTruth,
-    nominal_measurements,
-    sample_cohort,
-)
+from mmcardio.datasets.synthetic.findings import LABELS, PatientTruth, nominal_measurements
 from mmcardio.datasets.synthetic.heart import make_cmr, make_ct, make_echo
+from mmcardio.datasets.synthetic.patients import sample_cohort
 from mmcardio.datasets.synthetic.reports import write_report_parts
 from mmcardio.datasets.writers.dicom import write_dicom_series, write_dicom_video
 from mmcardio.datasets.writers.ecg import write_ecg
@@ -50,8 +45,8 @@ from mmcardio.datasets.writers.nifti import write_nifti
 from mmcardio.datasets.writers.video import write_video
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
-from mmcardio.records import Volume
-from mmcardio.study import EchoClip, Measurement, Study, write_manifest
+from mmcardio.records import Label, Volume
+from mmcardio.study import LANGUAGES, EchoClip, Measurement, Study, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +60,7 @@ ECG_FORMATS = (
 A2C_MP4_PROBABILITY = 0.5
 CMR_DICOM_PROBABILITY = 0.2
 CT_DICOM_PROBABILITY = 0.4
-#: Label values of every mask (`mmcardio.adapters.measure.Label`), written into the truth file.
+#: Label values of every mask (`mmcardio.records.Label`), written into the truth file.
 MASK_LABELS = MappingProxyType({str(int(label)): label.name.lower() for label in Label})
 
 
@@ -138,7 +133,7 @@ class _StudyWriter:
             measured["ct"] = {**measured["ct"], **self.write_volume(sid, "ct")}
         t.measurements = measured
         t.update_findings()
-        reports = {lang: write_report_parts(t, lang, self.rng) for lang in ("en", "zh")}
+        reports = {lang: write_report_parts(t, lang, self.rng) for lang in LANGUAGES}
         return _truth_record(t, reports, self.files, self.masks)
 
     def write_ecg(self, sid: str) -> dict[str, Measurement]:
@@ -269,7 +264,7 @@ def _study_row(record: dict[str, Any], root: Path) -> Study:
         reports=dict(record["reports"]),
         report_lang=record["report_lang"],
         translations={lang: {"report": record[f"report_{lang}"], **record[f"reports_{lang}"]}
-                      for lang in ("en", "zh") if lang != record["report_lang"]},
+                      for lang in LANGUAGES if lang != record["report_lang"]},
         age=record["age"],
         sex=record["sex"],
         labels=dict(record["findings"]),

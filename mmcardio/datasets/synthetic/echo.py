@@ -13,20 +13,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from mmcardio.adapters.measure import Label
 from mmcardio.datasets.synthetic.anatomy import (
     ANNULUS_HIGH_SIDE,
     MITRAL_VALVE_MM,
     RV_WALL_MM,
-    EchoPhantom,
     Heart,
     HeartParams,
     Phase,
-    paint_layer,
-    smooth_noise,
 )
+from mmcardio.datasets.synthetic.imaging import EchoPhantom, paint_layer, smooth_noise
 from mmcardio.errors import MMCardioError
-from mmcardio.records import Video
+from mmcardio.records import Label, Video
 
 #: theta (heart frame) of the wall shown on the image right and left of the LV axis.
 VIEW_PLANES = {"A4C": (0.0, np.pi), "A2C": (0.5 * np.pi, 1.5 * np.pi)}
