@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from mmcardio.config import read_mapping, to_dict
@@ -34,6 +33,7 @@ from mmcardio.model_config import (
 )
 from mmcardio.processor import CardioProcessor
 from mmcardio.study import Study
+from mmcardio.weights import check_weights_fit, load_weights
 
 TEXT_LENGTH_BUCKETS = 4
 
@@ -333,55 +333,6 @@ class CardioCLIP(nn.Module):
         load_weights(model, folder / WEIGHTS_FILE, fits=CONFIG_FILE, allow_missing=OPTIONAL_STATE,
                      device=device)
         return model.to(device)
-
-
-def load_weights(model: nn.Module, file: str | Path, *, fits: str, field: str | None = None,
-                 allow_missing: frozenset[str] = frozenset(),
-                 allow_unexpected: frozenset[str] = frozenset(),
-                 device: str | torch.device = "cpu") -> set[str]:
-    """Load a safetensors file into a built model once `check_weights_fit` passes; returns the
-    allowed names that were missing from the file or unexpected in it."""
-    allowed = check_weights_fit(model, file, fits=fits, field=field, allow_missing=allow_missing,
-                                allow_unexpected=allow_unexpected)
-    try:
-        load_model(model, str(file), strict=False, device=str(device))
-    except (RuntimeError, OSError, SafetensorError) as err:  # a file damaged past its header
-        raise ConfigError(f"weights cannot be read: {err}", file, field) from None
-    return allowed
-
-
-def check_weights_fit(model: nn.Module, file: str | Path, *, fits: str, field: str | None = None,
-                      allow_missing: frozenset[str] = frozenset(),
-                      allow_unexpected: frozenset[str] = frozenset()) -> set[str]:
-    """Compare a safetensors file's header (names and shapes; no tensor is read) with the
-    state of `model`, which may live on the meta device. Returns the allowed misfits; any
-    other raises a ConfigError naming `file`, `field` and the misfits ("weights do not fit
-    {fits}: ..."). Tied parameters (one tensor, several names) need one of their names."""
-    try:
-        with safe_open(str(file), framework="pt") as fh:
-            names = fh.keys()  # safe_open is not iterable
-            stored = {name: list(fh.get_slice(name).get_shape()) for name in names}
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"not a readable safetensors file ({err})", file, field) from None
-    state = model.state_dict(keep_vars=True)  # tied names hold the same Parameter object
-    tied: dict[int, list[str]] = {}
-    for name, tensor in state.items():
-        tied.setdefault(id(tensor), []).append(name)
-    reshaped = [f"{name} {stored[name]} (expected {list(tensor.shape)})" for name, tensor in state.items()
-                if name in stored and stored[name] != list(tensor.shape)]
-    missing = {names[0] for names in tied.values() if not any(n in stored for n in names)}
-    unexpected = set(stored) - set(state)
-    wrong_missing, wrong_unexpected = sorted(missing - allow_missing), sorted(unexpected - allow_unexpected)
-    if reshaped or wrong_missing or wrong_unexpected:
-        raise ConfigError(f"weights do not fit {fits}: other shapes {_few_names(reshaped)}, missing "
-                          f"{_few_names(wrong_missing)}, unexpected {_few_names(wrong_unexpected)}",
-                          file, field)
-    return missing | unexpected
-
-
-def _few_names(names: list[str], k: int = 5) -> str:
-    """The first `k` names and how many more, for error messages."""
-    return f"{names[:k]}" + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def _as_batch_of_one(tower: nn.Module, inputs: dict | torch.Tensor) -> dict:

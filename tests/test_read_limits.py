@@ -180,3 +180,19 @@ def test_devices_and_pipes_are_refused_by_every_reader(tmp_path, reader):
     for path in (Path("/dev/zero"), pipe):
         with pytest.raises(ReaderError, match="is a device, pipe or socket, not a regular file"):
             getattr(readers, reader)(path)
+
+
+def test_dicom_cine_claiming_more_frames_than_its_fragments_is_a_reader_error(tmp_path):
+    """The bug: pydicom's frame generator raised a bare StopIteration on a cine whose
+    NumberOfFrames exceeds its compressed frames."""
+    import pydicom
+    from pydicom import examples
+
+    from mmcardio.datasets.readers import read_video
+
+    ds = pydicom.dcmread(examples.get_path("ybr_color"))
+    ds.NumberOfFrames = 31  # 30 fragments
+    ds.save_as(tmp_path / "cine.dcm")
+    with pytest.raises(ReaderError, match=r"pixel data cannot be decoded.*\(StopIteration") as caught:
+        read_video(tmp_path / "cine.dcm")
+    assert caught.value.field == "PixelData"

@@ -31,7 +31,7 @@ from torch import nn
 from mmcardio.config import save_config, to_dict
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import write_json
-from mmcardio.model import LOSS_ONLY_PARAMETERS, OPTIONAL_STATE, CardioCLIP, load_weights
+from mmcardio.model import LOSS_ONLY_PARAMETERS, OPTIONAL_STATE, CardioCLIP
 from mmcardio.model_config import WEIGHTS_FILE, build_config
 from mmcardio.train.checkpoint import (
     TrainState,
@@ -52,6 +52,7 @@ from mmcardio.train.data import (
 from mmcardio.train.loop import Training, flat_scalars, prepare_training, train
 from mmcardio.train.mae_eval import evaluate_held_out
 from mmcardio.train.objective import enable_grad_checkpointing, trainable_for_stage
+from mmcardio.weights import load_weights
 
 
 def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
