@@ -128,3 +128,41 @@ class Volume:
             "frame_count": int(self.array.shape[0]) if self.is_cine else None,
             "value_range": [float(np.min(self.array)), float(np.max(self.array))],
         }
+
+
+@dataclass
+class Measurement:
+    """A value with its unit (a manifest's `measurements` cell holds these)."""
+
+    value: float
+    unit: str
+
+
+@dataclass
+class StructuralMeasurement(Measurement):
+    """A measurement made from segmentation masks, with the evidence a report can cite.
+
+    value, unit: as in the manifest (it serialises there as {"value", "unit"} only).
+    source: modality and views or series, e.g. "echo:A4C+A2C", "cmr", "ct".
+    frames: series -> frame (echo) or phase (CMR) indices used, in (ED, ES) order for
+    two-phase measures, e.g. {"A4C": (12, 31), "A2C": (12, 30)}.
+    slices: z indices used (CMR slices, CT slices holding scored lesions).
+    method: how it was computed, e.g. "biplane method of disks (20)", "Agatston, 130 HU".
+    confidence: in [0, 1], or None when nothing independent checks the value (e.g. the
+    agreement of the two apical views' single-plane volumes).
+    """
+
+    source: str = ""
+    frames: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    slices: tuple[int, ...] = ()
+    method: str = ""
+    confidence: float | None = None
+
+    def evidence(self) -> dict:
+        """Every field as JSON-ready values (the `mmcardio measure --json` entry)."""
+        return {
+            "value": float(self.value), "unit": self.unit, "source": self.source,
+            "frames": {k: [int(i) for i in v] for k, v in self.frames.items()},
+            "slices": [int(z) for z in self.slices], "method": self.method,
+            "confidence": None if self.confidence is None else float(self.confidence),
+        }

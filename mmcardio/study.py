@@ -31,6 +31,7 @@ import pandas as pd
 from mmcardio.errors import ManifestError
 from mmcardio.io import atomic_path
 from mmcardio.modality import STUDY_MODALITIES, Modality
+from mmcardio.records import Measurement
 
 COLUMNS = ("study_id", "patient_id", "split", "ecg", "echo", "cmr", "ct", "masks", "report",
            "reports", "report_lang", "translations", "age", "sex", "labels", "measurements")
@@ -47,12 +48,6 @@ DATA_ROOT_ENV = "MMCARDIO_DATA_ROOT"
 class EchoClip:
     path: Path
     view: str = "OTHER"
-
-
-@dataclass
-class Measurement:
-    value: float
-    unit: str
 
 
 @dataclass

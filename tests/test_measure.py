@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 
 from mmcardio.adapters.calcium import agatston_score, measure_ct
-from mmcardio.adapters.measure import (
+from mmcardio.adapters.geometry import (
     biplane_simpson_volume,
-    ejection_fraction,
-    measure_cmr,
-    measure_echo,
     method_of_disks,
     single_plane_volume,
     wall_chords,
 )
+from mmcardio.adapters.measure import ejection_fraction, measure_cmr, measure_echo
 from mmcardio.errors import MMCardioError
 from mmcardio.records import Label, Volume
+from mmcardio.study import Study
 
 
 def truncated_ellipsoid_ml(a: float, b1: float, b2: float, cut: float) -> float:
@@ -185,3 +184,67 @@ def test_agatston_scales_with_slice_thickness_and_mask_selects_lesions():
 def test_measure_ct_requires_hu():
     with pytest.raises(MMCardioError, match="in HU"):
         measure_ct(Volume(np.zeros((2, 4, 4)), (3.0, 1.0, 1.0), units="a.u."))
+
+
+def ellipse_cine(a: float, b: float, scales: list[float], tilt: float = 0.2) -> np.ndarray:
+    return np.stack([ellipse_section(a * s, b * s, 1.0, tilt, None) for s in scales])
+
+
+SCALES = [0.9, 1.0, 0.95, 0.8, 0.85]  # ED is frame 1, ES frame 3
+
+
+def test_echo_cites_the_ed_es_frames_and_agreeing_views_give_full_confidence():
+    cine = ellipse_cine(40, 22, SCALES)
+    out = measure_echo({"A4C": (cine, (1.0, 1.0)), "A2C": (cine, (1.0, 1.0))})
+    assert out["lvedv"].value == pytest.approx(truncated_ellipsoid_ml(40, 22, 22, 40), rel=0.03)
+    assert out["lvedv"].frames == {"A4C": (1,), "A2C": (1,)}
+    assert out["lvesv"].frames == {"A4C": (3,), "A2C": (3,)}
+    assert out["lvef"].frames == {"A4C": (1, 3), "A2C": (1, 3)}
+    assert out["lvef"].value == pytest.approx(100 * (1 - 0.8**3), abs=1.0)
+    assert out["lvef"].source == "echo:A4C+A2C" and out["lvef"].method.startswith("biplane")
+    assert out["lvedv"].confidence == out["lvef"].confidence == 1.0
+
+
+def test_echo_confidence_is_the_ratio_of_the_views_single_plane_volumes():
+    # Area-length of an ellipse (a, b) is the spheroid (a; b, b): the views' ratio is (b1/b2)^2.
+    a4c, a2c = ellipse_cine(40, 20, SCALES), ellipse_cine(40, 25, SCALES, tilt=-0.1)
+    out = measure_echo({"A4C": (a4c, (1.0, 1.0)), "A2C": (a2c, (1.0, 1.0))})
+    assert out["lvedv"].confidence == pytest.approx((20 / 25) ** 2, rel=0.05)
+    assert out["lvedv"].value == pytest.approx(truncated_ellipsoid_ml(40, 20, 25, 40), rel=0.03)
+    assert out["lvef"].confidence == min(out["lvedv"].confidence, out["lvesv"].confidence)
+
+
+def test_echo_with_one_view_falls_back_to_area_length_without_confidence():
+    out = measure_echo({"a2c": (ellipse_cine(40, 22, SCALES), (1.0, 1.0))})
+    assert out["lvedv"].method == "area-length, A2C" and out["lvedv"].source == "echo:A2C"
+    assert out["lvedv"].confidence is None and out["lvef"].frames == {"A2C": (1, 3)}
+    assert out["lvedv"].value == pytest.approx(truncated_ellipsoid_ml(40, 22, 22, 40), rel=0.03)
+
+
+def test_cmr_cites_phases_and_slices():
+    mask, _ = voxelized_cine((8.0, 1.5, 1.5))
+    out = measure_cmr(mask)
+    z = (np.arange(24) + 0.5) * 8.0 - 96.0  # slice centres; a pole on a centre is empty
+    assert out["lvedv"].slices == tuple(np.flatnonzero(np.abs(z) < 60.0))
+    assert out["lvesv"].slices == tuple(np.flatnonzero(np.abs(z) < 50.0))
+    assert out["lv_mass"].slices == tuple(np.flatnonzero(np.abs(z) < 68.0))
+    assert out["lvef"].frames == {"cmr": (0, 1)} and out["lv_mass"].frames == {"cmr": (0,)}
+    middle = out["wall_thickness"].slices
+    assert len(middle) and set(middle) < set(out["lvedv"].slices)
+    assert all(m.source == "cmr" and m.confidence is None for m in out.values())
+
+
+def test_ct_cites_the_slices_of_the_counted_lesions_and_serialises_plainly():
+    hu = ct_with([(1, slice(10, 12), slice(10, 15), 320.0), (2, slice(0, 6), slice(0, 6), 700.0)])
+    mask = np.zeros(hu.shape, dtype=np.uint8)
+    mask[1, 10, 12] = Label.CORONARY_CALCIUM
+    volume = Volume(hu, (3.0, 1.0, 1.0), units="HU", modality="ct")
+    out = measure_ct(volume, Volume(mask, (3.0, 1.0, 1.0), units="label"))
+    assert out["agatston"].slices == (1,) and "130 HU" in out["agatston"].method
+    assert measure_ct(volume)["agatston"].slices == (1, 2)
+    evidence = out["agatston"].evidence()
+    assert evidence["value"] == 30.0 and evidence["unit"] == "AU" and evidence["slices"] == [1]
+    assert Study("S", "P", measurements=dict(out)).to_row()["measurements"]["agatston"] == {
+        "value": 30.0,
+        "unit": "AU",
+    }

@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from mmcardio.adapters.calcium import measure_ct
-from mmcardio.adapters.measure import measure_cmr, measure_echo, wall_chords
+from mmcardio.adapters.geometry import wall_chords
+from mmcardio.adapters.measure import measure_cmr, measure_echo
 from mmcardio.datasets.readers.nifti import read_nifti
 from mmcardio.datasets.synthetic.anatomy import Heart
 from mmcardio.datasets.synthetic.heart import HeartParams, make_cmr, make_ct, make_echo

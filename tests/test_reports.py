@@ -11,7 +11,7 @@ from mmcardio.datasets.synthetic.findings import LABELS, PatientTruth
 from mmcardio.datasets.synthetic.patients import sample_cohort
 from mmcardio.datasets.synthetic.reports import _check_entries, _parse, phrasebook, write_report
 from mmcardio.errors import ConfigError
-from mmcardio.study import Measurement
+from mmcardio.records import Measurement
 
 NUMBER = r"\d+(?:\.\d+)?"
 CJK = re.compile(r"[\u4e00-\u9fff]")

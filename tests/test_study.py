@@ -8,10 +8,10 @@ import pytest
 
 from mmcardio.cli import main
 from mmcardio.errors import ManifestError
+from mmcardio.records import Measurement
 from mmcardio.study import (
     STRUCTURED,
     EchoClip,
-    Measurement,
     Study,
     read_manifest,
     read_rows,

@@ -11,8 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from mmcardio.errors import MMCardioError
-from mmcardio.records import Label, Volume
-from mmcardio.study import Measurement
+from mmcardio.records import Label, StructuralMeasurement, Volume
 
 AGATSTON_THRESHOLD_HU = 130.0
 AGATSTON_MIN_AREA_MM2 = 1.0
@@ -32,16 +31,26 @@ def agatston_score(
     `lesion_mask`, only regions overlapping it count (the reader's choice of coronary lesions,
     which excludes bone and contrast). The slice thickness is the z spacing.
     """
+    score, volume, slices = _score(hu, spacing_mm, lesion_mask)
+    return score, volume, len(slices)
+
+
+def _score(
+    hu: np.ndarray, spacing_mm: tuple[float, float, float], lesion_mask: np.ndarray | None
+) -> tuple[float, float, np.ndarray]:
+    """(score, calcium volume mm^3, the slice of each counted lesion)."""
     hu = np.asarray(hu)
     above = hu >= AGATSTON_THRESHOLD_HU
     labels, n = ndimage.label(above, structure=_SLICE_CONNECTIVITY)
     if n == 0:
-        return 0.0, 0.0, 0
+        return 0.0, 0.0, np.empty(0, dtype=np.intp)
     dz, dy, dx = (float(s) for s in spacing_mm)
     lesion_of = labels[above]  # only the few voxels above threshold are looked at again
     pixels = np.bincount(lesion_of, minlength=n + 1)[1:]
     peak = np.full(n + 1, -np.inf)
     np.maximum.at(peak, lesion_of, hu[above])
+    slice_of = np.zeros(n + 1, dtype=np.intp)
+    slice_of[lesion_of] = np.nonzero(above)[0]  # a lesion lies in one slice
     area = pixels * dy * dx
     keep = area >= AGATSTON_MIN_AREA_MM2
     if lesion_mask is not None:
@@ -50,29 +59,45 @@ def agatston_score(
         )
     weight = np.searchsorted(AGATSTON_WEIGHT_BOUNDS_HU, peak[1:], side="right")
     score = float(np.sum(area[keep] * weight[keep]) * dz / AGATSTON_REFERENCE_SLICE_MM)
-    return score, float(np.sum(pixels[keep]) * dz * dy * dx), int(np.count_nonzero(keep))
+    return score, float(np.sum(pixels[keep]) * dz * dy * dx), slice_of[1:][keep]
 
 
-def measure_ct(ct: Volume, mask: Volume | None = None) -> dict[str, Measurement]:
-    """Agatston score (AU) and calcium volume (mm^3) of a non-contrast (z, y, x) CT in HU.
-
-    With `mask`, only lesions overlapping `Label.CORONARY_CALCIUM` count; without it, every
-    lesion in the volume counts (use on a volume cropped to the coronaries).
-    """
+def _checked_lesions(ct: Volume, mask: Volume | None) -> np.ndarray | None:
     if ct.array.ndim != 3 or ct.units != "HU":
         raise MMCardioError(
             f"expected a (z, y, x) CT in HU, got shape {ct.array.shape} in {ct.units!r}",
             ct.source,
             "ct",
         )
-    lesions = None
-    if mask is not None:
-        if mask.array.shape != ct.array.shape:
-            raise MMCardioError(
-                f"mask shape {mask.array.shape} differs from CT shape {ct.array.shape}",
-                mask.source,
-                "ct",
-            )
-        lesions = np.asarray(mask.array) == Label.CORONARY_CALCIUM
-    score, volume, _ = agatston_score(ct.array, ct.spacing_mm, lesions)
-    return {"agatston": Measurement(score, "AU"), "calcium_volume": Measurement(volume, "mm3")}
+    if mask is None:
+        return None
+    if mask.array.shape != ct.array.shape:
+        raise MMCardioError(
+            f"mask shape {mask.array.shape} differs from CT shape {ct.array.shape}",
+            mask.source,
+            "ct",
+        )
+    return np.asarray(mask.array) == Label.CORONARY_CALCIUM
+
+
+def measure_ct(ct: Volume, mask: Volume | None = None) -> dict[str, StructuralMeasurement]:
+    """Agatston score (AU) and calcium volume (mm^3) of a non-contrast (z, y, x) CT in HU,
+    citing the slices of the lesions counted.
+
+    With `mask`, only lesions overlapping `Label.CORONARY_CALCIUM` count; without it, every
+    lesion in the volume counts (use on a volume cropped to the coronaries).
+    """
+    lesions = _checked_lesions(ct, mask)
+    score, volume, slices = _score(ct.array, ct.spacing_mm, lesions)
+    used = tuple(int(z) for z in np.unique(slices))
+    where = "lesions overlapping the calcium mask" if mask is not None else "every lesion"
+    method = (
+        f"Agatston, {AGATSTON_THRESHOLD_HU:g} HU, >= {AGATSTON_MIN_AREA_MM2:g} mm2, {where}, "
+        f"x slice thickness / {AGATSTON_REFERENCE_SLICE_MM:g} mm"
+    )
+    return {
+        "agatston": StructuralMeasurement(score, "AU", "ct", {}, used, method),
+        "calcium_volume": StructuralMeasurement(
+            volume, "mm3", "ct", {}, used, f"voxels of {where}"
+        ),
+    }

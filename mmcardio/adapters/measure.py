@@ -15,24 +15,32 @@ Masks hold the label values of `mmcardio.records.Label`; CT calcium scoring is i
   chords from the cavity centroid over the mid-ventricular third of the stack at ED.
 - Wall thickness in apical echo views: chords perpendicular to the LV long axis across both
   walls over the middle third of the axis, at ED.
+
+Results are `StructuralMeasurement`s: value and unit plus the views, ED/ES frames or slices,
+method and confidence they came from (the manifest keeps only value and unit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from mmcardio.adapters.geometry import (
+    SIMPSON_DISKS,
+    Spacing,
+    biplane_simpson_volume,
+    long_axis,
+    method_of_disks,
+    other_region,
+    points_mm,
+    single_plane_volume,
+    wall_chords,
+)
 from mmcardio.errors import MMCardioError
-from mmcardio.records import Label, Volume
-from mmcardio.study import Measurement
-
-Spacing = tuple[float, float]
+from mmcardio.records import Label, Measurement, StructuralMeasurement, Volume
 
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
-SIMPSON_DISKS = 20
 
 
 def ejection_fraction(edv_ml: float, esv_ml: float) -> Measurement:
@@ -43,185 +51,6 @@ def ejection_fraction(edv_ml: float, esv_ml: float) -> Measurement:
             field="lvedv",
         )
     return Measurement(100.0 * (edv_ml - esv_ml) / edv_ml, "%")
-
-
-@dataclass(frozen=True)
-class LongAxis:
-    """A chamber's long axis in a 2-D mask: `start` (mm, row/col) at the apical end (pixel
-    edge), unit `direction` toward the base, and `length_mm` up to the basal pixel edge."""
-
-    start: np.ndarray
-    direction: np.ndarray
-    length_mm: float
-
-
-def _region(mask: np.ndarray, label: int) -> np.ndarray:
-    mask = np.asarray(mask)
-    return mask if mask.dtype == bool else mask == label
-
-
-def _points_mm(region: np.ndarray, spacing: Spacing) -> np.ndarray:
-    return np.argwhere(region) * np.asarray(spacing, dtype=float)
-
-
-def _pixel_mm(spacing: Spacing) -> float:
-    return float(np.sqrt(spacing[0] * spacing[1]))
-
-
-def long_axis(
-    region: np.ndarray, spacing: Spacing, neighbour: np.ndarray | None = None
-) -> LongAxis:
-    """Apex-to-mid-annulus axis of a chamber (ASE). The annulus is the interface with the
-    `neighbour` chamber across the valve (LA for the LV, LV for the LA) when the masks meet
-    (within 2 pixels); otherwise the basal edge of the wider end of the principal axis. The
-    apex is the chamber point farthest from the mid-annulus point (the centre of the pixels
-    within one pixel of that distance, so the pixel grid does not tilt the axis)."""
-    points = _points_mm(region, spacing)
-    if len(points) < 3:
-        raise MMCardioError(
-            f"a chamber mask needs at least 3 pixels for a long axis, got {len(points)}"
-        )
-    pixel = _pixel_mm(spacing)
-    interface = (
-        (region & ndimage.binary_dilation(neighbour, iterations=2))
-        if neighbour is not None
-        else None
-    )
-    if interface is not None and interface.any():
-        annulus_mid = _points_mm(interface, spacing).mean(axis=0)
-    else:
-        annulus_mid = _wide_end_edge(points, pixel)
-    distance = np.linalg.norm(points - annulus_mid, axis=1)
-    apex = points[distance >= distance.max() - pixel].mean(axis=0)
-    direction = (annulus_mid - apex) / np.linalg.norm(annulus_mid - apex)
-    s = (points - apex) @ direction
-    # Pixel centres sit half a pixel inside the chamber at each end.
-    return LongAxis(
-        apex + (s.min() - pixel / 2) * direction, direction, float(s.max() - s.min() + pixel)
-    )
-
-
-def _wide_end_edge(points: np.ndarray, pixel: float) -> np.ndarray:
-    """Centre of the edge at the wider end of a region's principal axis (a ventricle's base)."""
-    centre = points.mean(axis=0)
-    direction = np.linalg.eigh(np.cov((points - centre).T))[1][:, -1]
-    s = (points - centre) @ direction
-    tail = 0.2 * (s.max() - s.min())
-    if np.count_nonzero(s > s.max() - tail) < np.count_nonzero(s < s.min() + tail):
-        s = -s
-    return points[s >= s.max() - pixel].mean(axis=0)
-
-
-def _disk_diameters(
-    region: np.ndarray, spacing: Spacing, axis: LongAxis, n_disks: int, subsamples: int = 4
-) -> np.ndarray:
-    """Mean chamber width (mm) in each of `n_disks` slabs across the long axis: slab area /
-    slab height. Each pixel's area is split over the slabs by `subsamples` x `subsamples`
-    points, so slab edges that do not fall on pixel edges do not make the widths jitter."""
-    offsets = (np.arange(subsamples) + 0.5) / subsamples - 0.5
-    grid = np.stack(
-        np.meshgrid(offsets * spacing[0], offsets * spacing[1], indexing="ij"), -1
-    ).reshape(-1, 2)
-    s = ((_points_mm(region, spacing) - axis.start) @ axis.direction)[:, None] + (
-        grid @ axis.direction
-    )[None, :]
-    counts, _ = np.histogram(s, bins=n_disks, range=(0.0, axis.length_mm))
-    return counts * (spacing[0] * spacing[1] / subsamples**2) / (axis.length_mm / n_disks)
-
-
-def method_of_disks(
-    views: list[tuple[np.ndarray, Spacing]],
-    n_disks: int = SIMPSON_DISKS,
-    neighbours: list[np.ndarray | None] | None = None,
-) -> Measurement:
-    """Chamber volume (mL) by the method of disks from one region (circular disks) or two
-    orthogonal regions (elliptical disks), each given as (boolean 2-D region, (row, col) mm);
-    `neighbours`: per view, the chamber across the valve, which locates the annulus."""
-    if len(views) not in (1, 2):
-        raise MMCardioError(f"the method of disks takes one or two views, got {len(views)}")
-    neighbours = neighbours or [None] * len(views)
-    axes = [
-        long_axis(region, spacing, other) for (region, spacing), other in zip(views, neighbours)
-    ]
-    diameters = [
-        _disk_diameters(region, spacing, axis, n_disks)
-        for (region, spacing), axis in zip(views, axes)
-    ]
-    length = max(axis.length_mm for axis in axes)
-    volume_mm3 = np.pi / 4 * np.sum(diameters[0] * diameters[-1]) * length / n_disks
-    return Measurement(float(volume_mm3 / 1000.0), "mL")
-
-
-def biplane_simpson_volume(
-    a4c_mask_2d: np.ndarray,
-    a2c_mask_2d: np.ndarray,
-    spacing_mm: Spacing,
-    n_disks: int = SIMPSON_DISKS,
-    a2c_spacing_mm: Spacing | None = None,
-) -> Measurement:
-    """LV volume (mL) by the ASE biplane method of disks from A4C and A2C masks at one phase.
-
-    Masks are label maps (LV cavity = `Label.LV_CAVITY`; an LA label, if present, locates the
-    mitral annulus) or boolean LV-cavity masks. `spacing_mm` is the A4C (row, col) pixel
-    spacing, also used for A2C unless `a2c_spacing_mm` is given.
-    """
-    masks = [np.asarray(a4c_mask_2d), np.asarray(a2c_mask_2d)]
-    spacings = [tuple(spacing_mm), tuple(a2c_spacing_mm or spacing_mm)]
-    return method_of_disks(
-        [(_region(m, Label.LV_CAVITY), sp) for m, sp in zip(masks, spacings)],
-        n_disks,
-        [_other(m, Label.LA_CAVITY) for m in masks],
-    )
-
-
-def _other(mask: np.ndarray, label: int) -> np.ndarray | None:
-    """The region of `label` in a label map (None for a boolean mask or an absent label)."""
-    return None if mask.dtype == bool or not np.any(mask == label) else mask == label
-
-
-def single_plane_volume(mask_2d: np.ndarray, spacing_mm: Spacing) -> Measurement:
-    """LV volume (mL) by the single-plane area-length method, V = 8 A^2 / (3 pi L), with L the
-    apex-to-mid-annulus length (ASE): the fallback when only one apical view exists."""
-    mask = np.asarray(mask_2d)
-    region = _region(mask, Label.LV_CAVITY)
-    area = np.count_nonzero(region) * spacing_mm[0] * spacing_mm[1]
-    length = long_axis(region, spacing_mm, _other(mask, Label.LA_CAVITY)).length_mm
-    return Measurement(float(8 * area**2 / (3 * np.pi * length) / 1000.0), "mL")
-
-
-def wall_chords(
-    labels: np.ndarray,
-    spacing: Spacing,
-    origins: np.ndarray,
-    directions: np.ndarray,
-    step_mm: float = 0.05,
-) -> np.ndarray:
-    """Wall thickness (mm) along rays that start inside the LV cavity: the length of the
-    myocardium run where each ray leaves the cavity, sampling the label map at nearest pixels
-    (the pixel staircase straddles the true boundary, so chord lengths are unbiased). Rays
-    that leave the cavity into anything but myocardium give no sample.
-
-    origins, directions: (n, 2) in mm (row, col); directions are unit vectors.
-    """
-    reach = np.hypot(*(np.asarray(labels.shape) * np.asarray(spacing)))
-    t = np.arange(0.0, reach, step_mm)
-    points = origins[:, None, :] + t[None, :, None] * directions[:, None, :]
-    index = np.round(points / np.asarray(spacing)).astype(np.intp)
-    inside = np.all((index >= 0) & (index < np.asarray(labels.shape)), axis=-1)
-    along = np.where(
-        inside,
-        labels[
-            index[..., 0].clip(0, labels.shape[0] - 1), index[..., 1].clip(0, labels.shape[1] - 1)
-        ],
-        Label.BACKGROUND,
-    )
-    leave = np.argmax(along != Label.LV_CAVITY, axis=1)
-    beyond = np.arange(t.size)[None, :] >= leave[:, None]
-    end = np.argmax(beyond & (along != Label.LV_MYOCARDIUM), axis=1)
-    rows = np.arange(len(origins))
-    valid = (along[rows, 0] == Label.LV_CAVITY) & (along[rows, leave] == Label.LV_MYOCARDIUM)
-    valid &= end > leave
-    return (end - leave)[valid] * step_mm
 
 
 def _view_frames(view: str, mask: np.ndarray) -> tuple[int, int]:
@@ -238,61 +67,107 @@ def _view_frames(view: str, mask: np.ndarray) -> tuple[int, int]:
 def _mid_wall_thickness(mask: np.ndarray, spacing: Spacing, levels: int = 15) -> np.ndarray:
     """Thickness samples of an apical-view frame: chords perpendicular to the LV long axis
     (the ASE convention for linear wall measurements), both walls, over the middle third."""
-    axis = long_axis(mask == Label.LV_CAVITY, spacing, _other(mask, Label.LA_CAVITY))
+    axis = long_axis(mask == Label.LV_CAVITY, spacing, other_region(mask, Label.LA_CAVITY))
     heights = axis.length_mm * np.linspace(1 / 3, 2 / 3, levels)
     origins = np.repeat(axis.start + heights[:, None] * axis.direction, 2, axis=0)
     across = np.array([-axis.direction[1], axis.direction[0]])
     return wall_chords(mask, spacing, origins, np.tile([across, -across], (levels, 1)))
 
 
-def measure_echo(masks: Mapping[str, tuple[np.ndarray, Spacing]]) -> dict[str, Measurement]:
-    """LV volumes and EF, mid-ventricular wall thickness and LA volume from apical-view masks.
+def _cited(m: Measurement, source: str, frames: dict, method: str, **kw) -> StructuralMeasurement:
+    return StructuralMeasurement(m.value, m.unit, source, frames, method=method, **kw)
 
-    masks: view ("A4C", "A2C") -> (label mask [T, H, W], (row, col) pixel spacing in mm).
-    Biplane method of disks when both views are given, area-length with one view.
-    """
+
+def _agreement(volumes: list[float]) -> float | None:
+    """Smaller / larger of two views' single-plane volumes: 1 when the apical views agree;
+    None with one view (nothing to check it against)."""
+    return min(volumes) / max(volumes) if len(volumes) == 2 and max(volumes) > 0 else None
+
+
+def _echo_views(masks: Mapping[str, tuple[np.ndarray, Spacing]]) -> dict:
     views = {
         str(v).upper(): (np.asarray(m), tuple(float(x) for x in sp)) for v, (m, sp) in masks.items()
     }
     views = {v: views[v] for v in ("A4C", "A2C") if v in views}
     if not views:
         raise MMCardioError(f"need an A4C or A2C mask, got views {sorted(masks)}", field="echo")
-    frames = {v: _view_frames(v, m) for v, (m, _) in views.items()}
-    out: dict[str, Measurement] = {}
-    for key, which in (("lvedv", 0), ("lvesv", 1)):
-        phase = [(views[v][0][frames[v][which]], views[v][1]) for v in views]
-        out[key] = (
-            biplane_simpson_volume(
-                phase[0][0], phase[1][0], phase[0][1], a2c_spacing_mm=phase[1][1]
-            )
-            if len(phase) == 2
-            else single_plane_volume(*phase[0])
-        )
-    out["lvef"] = ejection_fraction(out["lvedv"].value, out["lvesv"].value)
-    thickness = [
-        _mid_wall_thickness(m[frames[v][0]], sp)
-        for v, (m, sp) in views.items()
+    return views
+
+
+def _lv_volume(views: dict, frames: dict, which: int) -> StructuralMeasurement:
+    """LV volume at ED (`which` 0) or ES (1): biplane disks, or area-length with one view."""
+    phase = {v: (m[frames[v][which]], sp) for v, (m, sp) in views.items()}
+    used = {v: (frames[v][which],) for v in views}
+    source = "echo:" + "+".join(views)
+    if len(phase) == 1:
+        ((view, (mask, spacing)),) = phase.items()
+        return _cited(single_plane_volume(mask, spacing), source, used, f"area-length, {view}")
+    (a4c, a4c_spacing), (a2c, a2c_spacing) = phase["A4C"], phase["A2C"]
+    volume = biplane_simpson_volume(a4c, a2c, a4c_spacing, a2c_spacing_mm=a2c_spacing)
+    single = [single_plane_volume(m, sp).value for m, sp in phase.values()]
+    method = f"biplane method of disks ({SIMPSON_DISKS})"
+    return _cited(volume, source, used, method, confidence=_agreement(single))
+
+
+def _echo_wall_thickness(views: dict, frames: dict) -> StructuralMeasurement | None:
+    used = {
+        v: (frames[v][0],)
+        for v, (m, _) in views.items()
         if np.any(m[frames[v][0]] == Label.LV_MYOCARDIUM)
-    ]
-    samples = np.concatenate(thickness) if thickness else np.empty(0)
-    if samples.size:
-        out["wall_thickness"] = Measurement(float(samples.mean()), "mm")
-    atria = [
-        (m[frames[v][1]], sp)
+    }
+    samples = [_mid_wall_thickness(views[v][0][f], views[v][1]) for v, (f,) in used.items()]
+    samples = np.concatenate(samples) if samples else np.empty(0)
+    if not samples.size:
+        return None
+    method = "chords across both walls perpendicular to the LV long axis, middle third, ED"
+    value = Measurement(float(samples.mean()), "mm")
+    return _cited(value, "echo:" + "+".join(used), used, method)
+
+
+def _la_volume(views: dict, frames: dict) -> StructuralMeasurement | None:
+    """LA volume at LV end-systole by the method of disks (biplane with both views)."""
+    atria = {
+        v: (m[frames[v][1]], sp)
         for v, (m, sp) in views.items()
         if np.any(m[frames[v][1]] == Label.LA_CAVITY)
-    ]
-    if atria:
-        out["la_volume"] = method_of_disks(
-            [(m == Label.LA_CAVITY, sp) for m, sp in atria],
-            neighbours=[_other(m, Label.LV_CAVITY) for m, _ in atria],
-        )
+    }
+    if not atria:
+        return None
+    regions = [(m == Label.LA_CAVITY, sp) for m, sp in atria.values()]
+    neighbours = [other_region(m, Label.LV_CAVITY) for m, _ in atria.values()]
+    volume = method_of_disks(regions, neighbours=neighbours)
+    single = [method_of_disks([r], neighbours=[n]).value for r, n in zip(regions, neighbours)]
+    method = f"{'bi' if len(atria) == 2 else 'single-'}plane method of disks ({SIMPSON_DISKS}), ES"
+    used = {v: (frames[v][1],) for v in atria}
+    return _cited(volume, "echo:" + "+".join(atria), used, method, confidence=_agreement(single))
+
+
+def measure_echo(
+    masks: Mapping[str, tuple[np.ndarray, Spacing]],
+) -> dict[str, StructuralMeasurement]:
+    """LV volumes and EF, mid-ventricular wall thickness and LA volume from apical-view masks.
+
+    masks: view ("A4C", "A2C") -> (label mask [T, H, W], (row, col) pixel spacing in mm).
+    Biplane method of disks when both views are given, area-length with one view. Each
+    result cites the view(s) and ED/ES frames it came from; volumes and EF carry the
+    agreement of the two views' single-plane volumes as their confidence.
+    """
+    views = _echo_views(masks)
+    frames = {v: _view_frames(v, m) for v, (m, _) in views.items()}
+    out = {"lvedv": _lv_volume(views, frames, 0), "lvesv": _lv_volume(views, frames, 1)}
+    ed, es = out["lvedv"], out["lvesv"]
+    confidence = None if ed.confidence is None else min(ed.confidence, es.confidence)
+    out["lvef"] = _cited(
+        ejection_fraction(ed.value, es.value), ed.source, frames, ed.method, confidence=confidence
+    )
+    for key, found in (("wall_thickness", _echo_wall_thickness), ("la_volume", _la_volume)):
+        value = found(views, frames)
+        if value is not None:
+            out[key] = value
     return out
 
 
-def measure_cmr(mask: Volume) -> dict[str, Measurement]:
-    """LV volumes, EF, mass and mid-ventricular wall thickness, and RVEDV, from a short-axis
-    cine label map (t, z, y, x) whose z spacing is the slice spacing (thickness + gap)."""
+def _cmr_labels(mask: Volume) -> np.ndarray:
     labels = np.asarray(mask.array)
     if labels.ndim != 4:
         raise MMCardioError(
@@ -300,41 +175,74 @@ def measure_cmr(mask: Volume) -> dict[str, Measurement]:
             mask.source,
             "cmr",
         )
+    return labels
+
+
+def _slices_with(labels: np.ndarray, label: int) -> tuple[int, ...]:
+    return tuple(int(z) for z in np.flatnonzero(np.any(labels == label, axis=(-2, -1))))
+
+
+def _cmr(
+    value: float, unit: str, phases: tuple, slices: tuple, method: str
+) -> StructuralMeasurement:
+    return StructuralMeasurement(float(value), unit, "cmr", {"cmr": phases}, slices, method)
+
+
+def measure_cmr(mask: Volume) -> dict[str, StructuralMeasurement]:
+    """LV volumes, EF, mass and mid-ventricular wall thickness, and RVEDV, from a short-axis
+    cine label map (t, z, y, x) whose z spacing is the slice spacing (thickness + gap). Each
+    result cites the phases (ED, ES) and slices it came from."""
+    labels = _cmr_labels(mask)
     dz, dy, dx = (float(s) for s in mask.spacing_mm)
     voxel_ml = dz * dy * dx / 1000.0
     lv = np.count_nonzero(labels == Label.LV_CAVITY, axis=(1, 2, 3)) * voxel_ml
     if not lv.any():
         raise MMCardioError("no LV cavity (label 1) in any phase", mask.source, "cmr")
     ed, es = int(np.argmax(lv)), int(np.argmin(lv))
+    discs = "disk summation (slice areas x slice spacing)"
+    cavity = {p: _slices_with(labels[p], Label.LV_CAVITY) for p in (ed, es)}
+    ef = ejection_fraction(float(lv[ed]), float(lv[es])).value
     out = {
-        "lvedv": Measurement(float(lv[ed]), "mL"),
-        "lvesv": Measurement(float(lv[es]), "mL"),
-        "lvef": ejection_fraction(float(lv[ed]), float(lv[es])),
+        "lvedv": _cmr(lv[ed], "mL", (ed,), cavity[ed], discs),
+        "lvesv": _cmr(lv[es], "mL", (es,), cavity[es], discs),
+        "lvef": _cmr(ef, "%", (ed, es), tuple(sorted({*cavity[ed], *cavity[es]})), discs),
+        **_cmr_myocardium(labels[ed], ed, (dy, dx), voxel_ml),
     }
-    myocardium = labels[ed] == Label.LV_MYOCARDIUM
-    if myocardium.any():
-        out["lv_mass"] = Measurement(
-            float(np.count_nonzero(myocardium) * voxel_ml * MYOCARDIAL_DENSITY_G_PER_ML), "g"
-        )
-        thickness = _cmr_wall_thickness(labels[ed], (dy, dx))
-        if thickness is not None:
-            out["wall_thickness"] = Measurement(thickness, "mm")
     rv = np.count_nonzero(labels == Label.RV_CAVITY, axis=(1, 2, 3)) * voxel_ml
     if rv.any():
-        out["rvedv"] = Measurement(float(rv.max()), "mL")
+        at = int(np.argmax(rv))
+        out["rvedv"] = _cmr(rv[at], "mL", (at,), _slices_with(labels[at], Label.RV_CAVITY), discs)
     return out
 
 
-def _cmr_wall_thickness(labels: np.ndarray, spacing: Spacing, rays: int = 72) -> float | None:
+def _cmr_myocardium(labels: np.ndarray, ed: int, spacing: Spacing, voxel_ml: float) -> dict:
+    """LV mass and wall thickness of the ED phase (z, y, x); empty without myocardium."""
+    myocardium = labels == Label.LV_MYOCARDIUM
+    if not myocardium.any():
+        return {}
+    mass = np.count_nonzero(myocardium) * voxel_ml * MYOCARDIAL_DENSITY_G_PER_ML
+    method = f"ED myocardial volume x {MYOCARDIAL_DENSITY_G_PER_ML} g/mL"
+    out = {"lv_mass": _cmr(mass, "g", (ed,), _slices_with(labels, Label.LV_MYOCARDIUM), method)}
+    thickness, slices = _cmr_wall_thickness(labels, spacing)
+    if thickness is not None:
+        method = "radial chords from the cavity centroid, mid-ventricular third, ED"
+        out["wall_thickness"] = _cmr(thickness, "mm", (ed,), slices, method)
+    return out
+
+
+def _cmr_wall_thickness(
+    labels: np.ndarray, spacing: Spacing, rays: int = 72
+) -> tuple[float | None, tuple[int, ...]]:
     """Mean radial chord thickness (from the cavity centroid) over the middle third of the
-    slices that hold LV cavity; None when no chord crosses myocardium."""
+    slices that hold LV cavity, and those slices; None when no chord crosses myocardium."""
     with_cavity = np.flatnonzero(np.any(labels == Label.LV_CAVITY, axis=(1, 2)))
     third = len(with_cavity) // 3
+    middle = with_cavity[third : len(with_cavity) - third]
     angles = np.arange(rays) * 2 * np.pi / rays
     directions = np.stack([np.sin(angles), np.cos(angles)], axis=1)
     samples = []
-    for z in with_cavity[third : len(with_cavity) - third]:
-        centre = _points_mm(labels[z] == Label.LV_CAVITY, spacing).mean(axis=0)
+    for z in middle:
+        centre = points_mm(labels[z] == Label.LV_CAVITY, spacing).mean(axis=0)
         samples.append(wall_chords(labels[z], spacing, np.tile(centre, (rays, 1)), directions))
     samples = np.concatenate(samples)
-    return float(samples.mean()) if samples.size else None
+    return (float(samples.mean()) if samples.size else None), tuple(int(z) for z in middle)

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import optimize
 
 from mmcardio.errors import ConfigError
-from mmcardio.study import Measurement
+from mmcardio.records import Measurement
 
 KAPPA = 0.7  # annulus height above the LV equator, in semi-major axes
 ANNULUS_TILT_DEG = 15.0  # mitral annulus plane vs the plane normal to the LV long axis

@@ -45,8 +45,8 @@ from mmcardio.datasets.writers.nifti import write_nifti
 from mmcardio.datasets.writers.video import write_video
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
-from mmcardio.records import Label, Volume
-from mmcardio.study import LANGUAGES, EchoClip, Measurement, Study, write_manifest
+from mmcardio.records import Label, Measurement, Volume
+from mmcardio.study import LANGUAGES, EchoClip, Study, write_manifest
 
 log = logging.getLogger(__name__)
 

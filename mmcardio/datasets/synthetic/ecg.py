@@ -18,8 +18,7 @@ import numpy as np
 from scipy import signal as sps
 from scipy.special import expit
 
-from mmcardio.records import ECG, STANDARD_LEADS
-from mmcardio.study import Measurement
+from mmcardio.records import ECG, STANDARD_LEADS, Measurement
 
 RHYTHMS = ("sinus", "afib")
 TERRITORIES = ("anterior", "inferior")

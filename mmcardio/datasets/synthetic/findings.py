@@ -22,7 +22,7 @@ import numpy as np
 
 from mmcardio.datasets.synthetic.anatomy import HeartParams
 from mmcardio.datasets.synthetic.ecg import ECGParams
-from mmcardio.study import Measurement
+from mmcardio.records import Measurement
 
 ECG_LABELS = (
     "normal_ecg",

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mmcardio.records import Video, Volume
-from mmcardio.study import Measurement
+from mmcardio.records import Measurement, Video, Volume
 
 PAINT_BLOCK_VOXELS = 1 << 16  # per block of `paint_layer`: its float temporaries fit in L2
 
