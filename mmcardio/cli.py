@@ -13,7 +13,7 @@ from mmcardio.errors import MMCardioError
 
 #: Subcommand modules in `mmcardio.commands`, in the order `--help` lists them.
 COMMANDS = ("synth", "validate", "read", "prepare", "pretrain", "embed", "index", "retrieve",
-            "zeroshot", "bench", "measure")
+            "zeroshot", "bench", "measure", "segment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout (for scripts)")
+
+
+def add_run_flags(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """--resume, --set and --json, as every training command takes them."""
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                        help="continue from the latest checkpoint in OUT/checkpoints, or from CHECKPOINT")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key (dotted, YAML value), e.g. {set_example}")
+    add_json_flag(parser)
 
 
 def emit(result: Any, as_json: bool, text: str | None = None) -> None:

@@ -1,4 +1,5 @@
 """Every `mmcardio` command's --help renders, teaches its usage and offers --json."""
+import argparse
 import contextlib
 import io
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from mmcardio.cli import COMMANDS, main
+from mmcardio.cli import COMMANDS, build_parser, main
 
 
 def _help(argv: list[str]) -> str:
@@ -23,10 +24,21 @@ def test_top_level_help_lists_every_command():
         assert name in text
 
 
-@pytest.mark.parametrize("name", COMMANDS)
-def test_command_help_renders_usage_json_and_plain_percent_signs(name):
-    text = _help([name, "--help"])
-    assert text.startswith(f"usage: mmcardio {name}")
+def leaf_commands() -> list[list[str]]:
+    """Every runnable command line: `mmcardio NAME`, or `mmcardio NAME ACTION` for a command
+    with actions (e.g. `segment train`)."""
+    def actions(parser: argparse.ArgumentParser) -> dict:
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    top = actions(build_parser())
+    return [[name, *([action] if action else [])]
+            for name in COMMANDS for action in (list(actions(top[name])) or [None])]
+
+
+@pytest.mark.parametrize("argv", leaf_commands(), ids=" ".join)
+def test_command_help_renders_usage_json_and_plain_percent_signs(argv):
+    text = _help([*argv, "--help"])
+    assert text.startswith(f"usage: mmcardio {' '.join(argv)}")
     assert "--json" in text
     # argparse %-formats help= strings but prints descriptions verbatim: "%%" there is a typo
     assert "%%" not in text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmcardio.cli import add_json_flag, emit
+from mmcardio.cli import add_run_flags, emit
 
 
 def register(sub) -> None:
@@ -32,11 +32,7 @@ def register(sub) -> None:
     p.add_argument("--manifest", required=True, help="study manifest (.csv, .parquet or .jsonl)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final model)")
     p.add_argument("--cache", help="prepared cache folder (default OUT/cache); missing studies are prepared first")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint in OUT/checkpoints, or from CHECKPOINT")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted, YAML value), e.g. --set optimizer.lr=1e-4")
-    add_json_flag(p)
+    add_run_flags(p, "--set optimizer.lr=1e-4")
     p.set_defaults(func=run)
 
 

@@ -15,6 +15,7 @@ import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError
 from torch import nn
@@ -23,7 +24,6 @@ from mmcardio.config import load_config, to_dict
 from mmcardio.datasets.preprocess_config import dict_differences
 from mmcardio.errors import ConfigError, MMCardioError
 from mmcardio.io import write_json, write_text
-from mmcardio.train.config import RESUMABLE_CHANGES, PretrainConfig
 from mmcardio.train.objective import PretrainObjective
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,14 @@ def _log_record(line: str) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
-def check_resume_config(out: Path, cfg: PretrainConfig) -> None:
-    """Refuse to resume OUT with a run config that computes something else than its config.yaml."""
+def check_resume_config(out: Path, cfg: Any, resumable: tuple[str, ...]) -> None:
+    """Refuse to resume OUT with a run config (a dataclass) that computes something else than
+    its config.yaml; the `resumable` keys may change (they do not change what is computed)."""
     saved_file = out / "config.yaml"
     if not saved_file.is_file():
         return
-    saved = load_config(saved_file, PretrainConfig)
-    diffs = [d for d in dict_differences(to_dict(saved), to_dict(cfg)) if d.split(":")[0] not in RESUMABLE_CHANGES]
+    saved = load_config(saved_file, type(cfg))
+    diffs = [d for d in dict_differences(to_dict(saved), to_dict(cfg)) if d.split(":")[0] not in resumable]
     if diffs:
         raise ConfigError(f"resuming with a different run config: {diffs}", saved_file)
 

@@ -41,7 +41,7 @@ from mmcardio.train.checkpoint import (
     save_checkpoint,
     save_final,
 )
-from mmcardio.train.config import PretrainConfig, model_config_dict
+from mmcardio.train.config import RESUMABLE_CHANGES, PretrainConfig, model_config_dict
 from mmcardio.train.data import (
     RunData,
     extend_text_vocabulary,
@@ -76,7 +76,7 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     resume_from = resolve_resume(resume, out)
     if resume_from is not None:
-        check_resume_config(out, cfg)
+        check_resume_config(out, cfg, RESUMABLE_CHANGES)
     set_seed(cfg.seed)
     model = _model_for_run(cfg, accelerator, manifest, out)
     data = prepare_data(cfg, accelerator, model, manifest, Path(cache) if cache else out / "cache", out, progress)

@@ -1,0 +1,331 @@
+"""Training a promptable segmenter (SAM/MedSAM) on one modality and structure, with accelerate.
+
+MedSAM's recipe: box prompts from the label's bounding box (jittered), the prompt encoder
+frozen, the image encoder and mask decoder trained with Dice + BCE (MONAI `DiceCELoss`) on the
+decoder's low-res logits upsampled to the model input (S x S, as MedSAM upsamples them), AdamW,
+cosine decay to 0. With `lora_rank > 0` only a LoRA adapter named after the modality and its
+own copy of the mask decoder train (`mmcardio.adapters.lora`).
+
+The run follows pretraining's conventions and reuses its checkpoint functions: OUT/checkpoints/
+step_N (accelerate state + data position, written to a partial folder and renamed),
+metrics.jsonl, `resume`, config.yaml, run.json. OUT/final is a segmenter folder
+(`load_segmenter`); a LoRA run writes the base weights there and the adapter alone into
+OUT/final/adapters/<modality> (`load_lora`). Each rank takes its own share of the frames
+(`DistributedSampler`), so the data position is (epoch, batches done).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mmcardio.adapters.lora import add_lora, sam_lora_config, save_lora, trainable_share
+from mmcardio.adapters.sam import build_sam, load_sam_checkpoint, sam_config, save_segmenter
+from mmcardio.adapters.seg_data import SEGMENTABLE, SegmentationFrames
+from mmcardio.config import (
+    deep_merge,
+    from_dict,
+    parse_overrides,
+    read_mapping,
+    save_config,
+)
+from mmcardio.errors import ConfigError
+from mmcardio.io import write_json
+from mmcardio.model_config import WEIGHTS_FILE
+from mmcardio.records import Label
+from mmcardio.study import read_manifest
+from mmcardio.train.checkpoint import (
+    TrainState,
+    check_resume_config,
+    resolve_resume,
+    restore,
+    save_checkpoint,
+)
+from mmcardio.train.loop import Meter
+from mmcardio.weights import load_weights
+
+#: Keys that may change on resume: they do not change what is computed.
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers")
+
+
+@dataclass
+class SegmentConfig:
+    """A segmenter training run.
+
+    model: a SAM registry name ("tiny", "vit_b", "medsam_vit_b") or a SamConfig file.
+    init_from: starting weights: a segmenter folder (e.g. a run's final/) or a SAM/MedSAM
+        `.pth` checkpoint; random when None.
+    modality: "echo" (cine frames of every view), "cmr" (slices of every phase) or "ct"
+        (axial slices). structure: a `Label` name, e.g. "lv_cavity".
+    lora_rank: 0 trains the image encoder and mask decoder; above 0, a LoRA adapter of that
+        rank named after the modality and its decoder copy only.
+    box_jitter: each box side moves by up to this share of the box size (0 = the exact box).
+    batch_size: frames per process per step. max_steps: optimizer steps.
+    checkpoint_every: steps between checkpoints (0 = none); keep_checkpoints: how many stay.
+    """
+
+    model: str = "tiny"
+    init_from: str | None = None
+    modality: str = "echo"
+    structure: str = "lv_cavity"
+    lora_rank: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    max_steps: int = 100
+    seed: int = 0
+    box_jitter: float = 0.05
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+
+    def __post_init__(self) -> None:
+        names = [label.name.lower() for label in Label if label != Label.BACKGROUND]
+        checks = [("modality", self.modality in [str(m) for m in SEGMENTABLE],
+                   f"expected one of {[str(m) for m in SEGMENTABLE]}"),
+                  ("structure", self.structure in names, f"expected one of {names}"),
+                  ("lora_rank", self.lora_rank >= 0, "expected 0 (full training) or a rank"),
+                  ("batch_size", self.batch_size >= 1, "expected at least 1"),
+                  ("max_steps", self.max_steps >= 1, "expected at least 1"),
+                  ("box_jitter", 0 <= self.box_jitter < 0.5, "expected a share of the box size in [0, 0.5)"),
+                  ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more"),
+                  ("log_every", self.log_every >= 1, "expected at least 1")]
+        for name, ok, problem in checks:
+            if not ok:
+                raise ConfigError(f"{problem}, got {getattr(self, name)!r}", field=name)
+
+    @property
+    def label(self) -> Label:
+        return Label[self.structure.upper()]
+
+
+def load_segment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SegmentConfig:
+    """The run config from YAML/JSON (or the defaults), `--set key=value` items on top."""
+    data = read_mapping(path) if path else {}
+    return from_dict(SegmentConfig, deep_merge(data, parse_overrides(overrides)), str(path or "<defaults>"))
+
+
+class BoxPromptedSam(nn.Module):
+    """A SAM (or a peft model of one) as a trainable function of images and boxes.
+
+    Not `Sam.forward`: it runs under `no_grad` and takes a list of dicts. The decoder runs
+    per image because segment-anything's `MaskDecoder` pairs one image with many prompts."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def sam(self) -> nn.Module:
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    def forward(self, image: torch.Tensor, box: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
+        """image [B, 3, S, S] in [0, 1] (zero padded), box [B, 4] XYXY input pixels, input_size
+        [B, 2] -> low-res mask logits [B, 1, s, s]. Pixels are normalised, then the padding
+        zeroed, as `Sam.preprocess` does at inference."""
+        sam = self.sam
+        size = image.shape[-1]
+        grid = torch.arange(size, device=image.device)
+        inside = (grid[None, :, None] < input_size[:, :1, None]) & (grid[None, None, :] < input_size[:, 1:, None])
+        pixels = (image - sam.pixel_mean / 255) / (sam.pixel_std / 255) * inside[:, None]
+        embeddings = sam.image_encoder(pixels)
+        sparse, dense = sam.prompt_encoder(points=None, boxes=box, masks=None)
+        position = sam.prompt_encoder.get_dense_pe()
+        logits = [sam.mask_decoder(image_embeddings=embeddings[i: i + 1], image_pe=position,
+                                   sparse_prompt_embeddings=sparse[i: i + 1],
+                                   dense_prompt_embeddings=dense[i: i + 1], multimask_output=False)[0]
+                  for i in range(len(image))]
+        return torch.cat(logits)
+
+
+def segmentation_loss(model: BoxPromptedSam, batch: dict, loss_fn: nn.Module | None = None) -> torch.Tensor:
+    """DiceCE of the low-res logits upsampled (bilinear) to the input grid against the mask."""
+    from monai.losses import DiceCELoss
+
+    logits = model(batch["image"], batch["box"], batch["input_size"])
+    upsampled = nn.functional.interpolate(logits, batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+    return (loss_fn or DiceCELoss(sigmoid=True))(upsampled, batch["mask"])
+
+
+def build_segmenter_model(cfg: SegmentConfig) -> tuple[BoxPromptedSam, dict | None]:
+    """The SAM of `cfg.model` with its `init_from` weights and the prompt encoder frozen; with
+    `lora_rank`, wrapped with the modality's LoRA adapter (only it and its decoder copy train)
+    and returned with a copy of the frozen base's state (saved beside the adapter)."""
+    sam = build_sam(cfg.model)
+    if cfg.init_from is not None:
+        start = Path(cfg.init_from)
+        if start.is_dir():
+            load_weights(sam, start / WEIGHTS_FILE, fits=f"SAM {cfg.model!r}", field="init_from")
+        else:
+            load_sam_checkpoint(sam, start)
+    sam.prompt_encoder.requires_grad_(False)
+    if not cfg.lora_rank:
+        return BoxPromptedSam(sam), None
+    base_state = {k: v.detach().clone() for k, v in sam.state_dict().items()}
+    return BoxPromptedSam(add_lora(sam, cfg.modality, sam_lora_config(cfg.lora_rank))), base_state
+
+
+@dataclass
+class SegmentRun:
+    """What `accelerator.prepare` returned, the frames and the base weights of a LoRA run."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    frames: SegmentationFrames
+    base_state: dict | None
+
+
+def run_segment_training(cfg: SegmentConfig, manifest: str | Path, out: str | Path,
+                         resume: str | bool | None = None, progress: bool = True) -> dict:
+    """Train, checkpoint, save OUT/final and OUT/run.json; returns the run summary.
+    resume: True/"latest" for the newest checkpoint under OUT/checkpoints, or a folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    out = Path(out)
+    # the IoU head gets no loss (MedSAM trains masks only), so DDP must tolerate it
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    resume_from = resolve_resume(resume, out)
+    if resume_from is not None:
+        check_resume_config(out, cfg, RESUMABLE_CHANGES)
+    set_seed(cfg.seed)
+    run = _prepare(cfg, accelerator, manifest)
+    state = restore(accelerator, resume_from, out)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+    state = _train(cfg, accelerator, run, state, out, progress)
+    _save_final(cfg, accelerator, run, out / "final")
+    if accelerator.is_main_process:
+        write_json(out / "run.json", _summary(cfg, accelerator, run, state, out))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return json.loads((out / "run.json").read_text(encoding="utf-8"))
+
+
+def _prepare(cfg: SegmentConfig, accelerator, manifest: str | Path) -> SegmentRun:
+    """Frames of the training splits, the model, AdamW over its trainable parameters and the
+    cosine schedule, through `accelerator.prepare`."""
+    studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
+    model, base_state = build_segmenter_model(cfg)
+    image_size = sam_config(cfg.model).image_size
+    frames = SegmentationFrames(studies, cfg.modality, cfg.label, image_size, cfg.box_jitter, cfg.seed)
+    if len(frames) < cfg.batch_size * accelerator.num_processes:
+        raise ConfigError(f"{len(frames)} training frames show {cfg.structure} in {cfg.modality} (splits "
+                          f"{cfg.train_splits}); expected at least batch_size x processes", manifest)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    # a prepared scheduler steps once per process per optimizer step (accelerate's convention)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.max_steps * accelerator.num_processes)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return SegmentRun(model, optimizer, scheduler, frames, base_state)
+
+
+def _train(cfg: SegmentConfig, accelerator, run: SegmentRun, state: TrainState, out: Path,
+           progress: bool) -> TrainState:
+    """Optimizer steps until `max_steps`, logging every `log_every` and checkpointing every
+    `checkpoint_every` steps."""
+    from accelerate.utils import send_to_device
+    from monai.losses import DiceCELoss
+    from tqdm import tqdm
+
+    loss_fn, meter = DiceCELoss(sigmoid=True), Meter([])
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"segment {cfg.modality}", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    segment_start = time.perf_counter()
+    run.model.train()
+    while state.step < cfg.max_steps:
+        batches = iter(_epoch_loader(cfg, accelerator, run.frames, state))
+        while state.step < cfg.max_steps:
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                break
+            wait = time.perf_counter() - tick
+            loss = _step(accelerator, run, send_to_device(batch, accelerator.device), loss_fn)
+            state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+            state.samples += cfg.batch_size * accelerator.num_processes
+            meter.add({"loss": loss, "losses": {}}, len(batch["image"]), wait)
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                _log(accelerator, out, state, meter, run, bar)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                state.seconds += time.perf_counter() - segment_start
+                segment_start = time.perf_counter()
+                save_checkpoint(accelerator, out, state, cfg.keep_checkpoints)
+    bar.close()
+    state.seconds += time.perf_counter() - segment_start
+    return state
+
+
+def _epoch_loader(cfg: SegmentConfig, accelerator, frames: SegmentationFrames, state: TrainState) -> DataLoader:
+    """This rank's full batches of the epoch, from the first not yet trained on; keys are
+    (frame, epoch) so each epoch draws new box jitter."""
+    sampler = DistributedSampler(frames, accelerator.num_processes, accelerator.process_index, seed=cfg.seed)
+    sampler.set_epoch(state.epoch)
+    order = [(i, state.epoch) for i in sampler]
+    batches = [order[b: b + cfg.batch_size] for b in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    return DataLoader(frames, batch_sampler=batches[state.batch_in_epoch:], num_workers=cfg.num_workers)
+
+
+def _step(accelerator, run: SegmentRun, batch: dict, loss_fn: nn.Module) -> torch.Tensor:
+    loss = segmentation_loss(run.model, batch, loss_fn)
+    accelerator.backward(loss)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _log(accelerator, out: Path, state: TrainState, meter: Meter, run: SegmentRun, bar) -> None:
+    summary = meter.summary(accelerator)
+    record = {"step": state.step, "epoch": state.epoch, "loss": summary["loss"],
+              "samples_per_s": summary["samples_per_s"], "data_wait_share": summary["data_wait_share"],
+              "lr": run.scheduler.get_last_lr()[0]}
+    bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+    if accelerator.is_main_process:
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:  # a log: appended line by line
+            fh.write(json.dumps(record) + "\n")
+    meter.reset()
+
+
+def _save_final(cfg: SegmentConfig, accelerator, run: SegmentRun, folder: Path) -> None:
+    """OUT/final: the trained segmenter, or for LoRA the base segmenter plus
+    adapters/<modality> (the adapter alone)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config = sam_config(cfg.model)
+        model = accelerator.unwrap_model(run.model).model
+        if run.base_state is None:
+            save_segmenter(model, config, folder)
+        else:
+            base = build_sam(config)
+            base.load_state_dict(run.base_state)
+            save_segmenter(base, config, folder)
+            save_lora(model, cfg.modality, folder / "adapters" / cfg.modality)
+    accelerator.wait_for_everyone()
+
+
+def _summary(cfg: SegmentConfig, accelerator, run: SegmentRun, state: TrainState, out: Path) -> dict:
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if ln]
+    model = accelerator.unwrap_model(run.model).model
+    return {"status": "finished", "model": cfg.model, "init_from": cfg.init_from, "modality": cfg.modality,
+            "structure": cfg.structure, "lora_rank": cfg.lora_rank, "steps": state.step,
+            "world_size": accelerator.num_processes, "train_frames": len(run.frames),
+            "trainable_share": trainable_share(model),
+            "first_loss": lines[0]["loss"] if lines else None, "final_loss": lines[-1]["loss"] if lines else None,
+            "seconds": round(state.seconds, 2),
+            "seconds_per_step": round(state.seconds / state.step, 4) if state.step else None,
+            "final": str(out / "final"),
+            "adapter": str(out / "final" / "adapters" / cfg.modality) if cfg.lora_rank else None}
