@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmcardio.adapters.geometry import mask_box
 from mmcardio.adapters.sam import CardiacPredictor, build_sam
-from mmcardio.adapters.track import auto_box, mask_box, predict_masks, segment_clip, segment_volume
+from mmcardio.adapters.track import auto_box, predict_masks, segment_clip, segment_volume
 from mmcardio.datasets.readers import read_for_column, read_volume
 from mmcardio.datasets.synthetic.cohort import generate_cohort
 from mmcardio.errors import MMCardioError
@@ -133,7 +134,7 @@ def test_segment_clip_prompts_each_frame_from_its_neighbour(cohort, predictor):
         neighbour = by_frame[k - 1 if k > start else k + 1]
         previous = neighbour["out"]
         assert by_frame[k]["mask_input"] is previous.low_res_logits
-        expected = mask_box(previous.mask) if previous.mask.any() else neighbour["box"]
+        expected = mask_box(previous.mask, 0.1) if previous.mask.any() else neighbour["box"]
         assert np.array_equal(by_frame[k]["box"], expected)
         assert np.array_equal(track.boxes[k], expected)
 

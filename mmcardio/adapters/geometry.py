@@ -41,6 +41,17 @@ def _pixel_mm(spacing: Spacing) -> float:
     return float(np.sqrt(spacing[0] * spacing[1]))
 
 
+def mask_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
+    """A bool mask's XYXY box (inclusive pixel indices), each side moved out by `margin` x the
+    box size within the image; None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=float)
+    pad = margin * np.tile(box[2:] - box[:2] + 1, 2) * np.array([-1, -1, 1, 1])
+    return np.clip(box + pad, 0, np.tile([mask.shape[1] - 1, mask.shape[0] - 1], 2))
+
+
 def long_axis(
     region: np.ndarray, spacing: Spacing, neighbour: np.ndarray | None = None
 ) -> LongAxis:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 from mmcardio.errors import ConfigError
 from mmcardio.modality import Modality
@@ -101,3 +102,12 @@ def _min_max(array: np.ndarray) -> np.ndarray:
     """To [0, 1]; a constant image becomes zeros (MedSAM's 1e-8 floor on the range)."""
     low = array.min()
     return (array - low) / max(array.max() - low, 1e-8)
+
+
+def grey_frames(frames: np.ndarray) -> np.ndarray:
+    """Cine frames [T, H, W] or RGB [T, H, W, 3] as grey [T, H, W] (ITU-R 601 luma, torchvision's
+    conversion): one conversion for training frames and for the clips a segmenter tracks."""
+    if frames.ndim == 3:
+        return frames
+    rgb = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    return rgb_to_grayscale(rgb).squeeze(1).numpy()

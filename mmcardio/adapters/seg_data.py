@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-from mmcardio.adapters.sam_preprocess import SamInput, medsam_preprocess
+from mmcardio.adapters.geometry import mask_box
+from mmcardio.adapters.sam_preprocess import SamInput, grey_frames, medsam_preprocess
 from mmcardio.datasets.readers import read_video, read_volume
 from mmcardio.errors import ConfigError, ReaderError
 from mmcardio.modality import Modality
@@ -88,7 +88,7 @@ class SegmentationFrames(Dataset):
         s, frame = self.frames[index]
         prepared, masks = self._load(s)
         mask = masks[frame]
-        box = mask_box(mask)
+        box = mask_box(mask.numpy())
         if self.box_jitter > 0:
             box = jitter_box(box, self.box_jitter, np.random.default_rng([self.seed, index, draw]),
                              self.image_size)
@@ -123,10 +123,7 @@ class SegmentationFrames(Dataset):
     def _read_image(self, series: Series) -> np.ndarray:
         """The series as grey frames [N, H, W] in the modality's unit (CMR: phases x slices)."""
         if self.modality == Modality.ECHO:
-            frames = torch.from_numpy(np.ascontiguousarray(read_video(series.image).frames))
-            if frames.ndim == 4:
-                frames = rgb_to_grayscale(frames.permute(0, 3, 1, 2)).squeeze(1)
-            return frames.numpy()
+            return grey_frames(read_video(series.image).frames)
         return _frames(read_volume(series.image, modality=str(self.modality)).array)
 
 
@@ -142,12 +139,6 @@ def masks_to_input(masks: np.ndarray, prepared: SamInput) -> torch.Tensor:
     size = prepared.image_size
     resized = F.interpolate(torch.from_numpy(masks).float()[:, None], (h, w), mode="nearest-exact")
     return F.pad(resized, (0, size - w, 0, size - h))[:, 0] > 0.5
-
-
-def mask_box(mask: torch.Tensor) -> np.ndarray:
-    """XYXY bounding box of a non-empty boolean mask [H, W], inclusive pixel indices."""
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64)
 
 
 def jitter_box(box: np.ndarray, share: float, rng: np.random.Generator, image_size: int) -> np.ndarray:

@@ -26,8 +26,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
+from mmcardio.adapters.geometry import mask_box
 from mmcardio.adapters.sam import CardiacPredictor
-from mmcardio.adapters.sam_preprocess import normalise_intensity
+from mmcardio.adapters.sam_preprocess import grey_frames, normalise_intensity
 from mmcardio.datasets.readers import read_for_column, read_volume
 from mmcardio.errors import MMCardioError
 from mmcardio.modality import Modality
@@ -111,16 +112,6 @@ def solidity(region: np.ndarray) -> float:
     return float(len(xs) / ConvexHull(corners).volume)
 
 
-def mask_box(mask: np.ndarray, margin: float = 0.1) -> np.ndarray | None:
-    """A bool mask's XYXY box, each side moved out by `margin` x the box size, within the image."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=float)
-    pad = margin * np.tile(box[2:] - box[:2] + 1, 2) * np.array([-1, -1, 1, 1])
-    return np.clip(box + pad, 0, np.tile([mask.shape[1] - 1, mask.shape[0] - 1], 2))
-
-
 def segment_clip(predictor: CardiacPredictor, frames: np.ndarray, box: np.ndarray | None = None,
                  start: int = 0, margin: float = 0.1, structure: int = Label.LV_CAVITY) -> Track:
     """Every frame of a cine [T, H, W] from one box (or `auto_box` of `structure` in frame
@@ -178,8 +169,7 @@ def predict_masks(study: Study,
             if video.pixel_spacing_mm is None:
                 warnings.warn(f"{clip.path}: no pixel spacing, view {clip.view} not segmented", stacklevel=2)
                 continue
-            grey = video.frames.mean(axis=-1) if video.frames.ndim == 4 else video.frames
-            labels = _labels(grey, predictors[Modality.ECHO], segment_clip)
+            labels = _labels(grey_frames(video.frames), predictors[Modality.ECHO], segment_clip)
             masks[f"echo:{clip.view}"] = Volume(labels[:, None], (1.0, *video.pixel_spacing_mm),
                                                 units="label", modality="echo", source=str(clip.path))
     if Modality.CMR in predictors and study.cmr is not None:
