@@ -105,6 +105,14 @@ def restore(accelerator, resume_from: Path | None, out: Path) -> TrainState:
     return state
 
 
+def append_metrics(accelerator, out: Path, record: dict) -> None:
+    """One line of OUT/metrics.jsonl, from the main process (a log: appended line by line;
+    `restore` drops what a resumed run redoes, and a line a kill cut short)."""
+    if accelerator.is_main_process:
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
 def _keep_metrics_until(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed (the run redoes them), and a
     line a kill cut short (the log is appended line by line)."""

@@ -3,7 +3,6 @@ metrics.jsonl/tensorboard logging every `log_every` steps and checkpoints every
 `checkpoint_every` steps."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from mmcardio.datasets.cohort import collate_studies
-from mmcardio.train.checkpoint import TrainState, save_checkpoint
+from mmcardio.train.checkpoint import TrainState, append_metrics, save_checkpoint
 from mmcardio.train.config import PretrainConfig
 from mmcardio.train.data import RunData
 from mmcardio.train.objective import PretrainObjective, loss_terms, measure_flops, param_groups
@@ -153,9 +152,7 @@ def _log(accelerator, out: Path, state: TrainState, meter: Meter, run: Training,
               "lr": run.scheduler.get_last_lr()[0], "flops_per_sample": run.flops}
     bar.set_postfix(loss=f"{summary['loss']:.4f}", sps=f"{summary['samples_per_s']:.1f}",
                     wait=f"{summary['data_wait_share']:.0%}")
-    if accelerator.is_main_process:
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:  # a log: appended line by line
-            fh.write(json.dumps(record) + "\n")
+    append_metrics(accelerator, out, record)
     accelerator.log(flat_scalars({k: v for k, v in record.items() if k != "step"}), step=state.step)
     meter.reset()
 

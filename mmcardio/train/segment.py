@@ -43,6 +43,7 @@ from mmcardio.records import Label
 from mmcardio.study import read_manifest
 from mmcardio.train.checkpoint import (
     TrainState,
+    append_metrics,
     check_resume_config,
     resolve_resume,
     restore,
@@ -294,9 +295,7 @@ def _log(accelerator, out: Path, state: TrainState, meter: Meter, run: SegmentRu
               "samples_per_s": summary["samples_per_s"], "data_wait_share": summary["data_wait_share"],
               "lr": run.scheduler.get_last_lr()[0]}
     bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
-    if accelerator.is_main_process:
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:  # a log: appended line by line
-            fh.write(json.dumps(record) + "\n")
+    append_metrics(accelerator, out, record)
     meter.reset()
 
 
