@@ -40,6 +40,7 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
 
 def _unreadable(files: list[tuple[int, str, Path]], workers: int | None, progress: bool) -> list[Problem]:
     """A problem for each (row, column, file) its reader refuses."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
@@ -50,7 +51,9 @@ def _unreadable(files: list[tuple[int, str, Path]], workers: int | None, progres
     if workers <= 1:
         errors = list(tqdm(map(read_error, jobs), **bar))
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawned, not forked: a fork copies locks other threads hold (torch, tqdm's monitor),
+        # and a worker then waited for ever inside pydicom (seen in the test suite)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             errors = list(tqdm(pool.map(read_error, jobs, chunksize=4), **bar))
     return [Problem(i, column, str(file), error) for (i, column, file), error in zip(files, errors) if error]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import time
 from collections import Counter
@@ -282,7 +283,8 @@ def _records(jobs: list, workers: int, progress: bool) -> Iterator[dict[str, Any
             return
         # One study per task: with chunks of a sixteenth of the cohort, one worker sat idle while
         # the other finished its last chunk; a task's overhead is tiny next to a study's ~0.6 s.
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawned, not forked: a fork copies locks other threads of the caller hold
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for record in pool.map(_write_one, jobs):
                 yield record
                 bar.update()
