@@ -22,6 +22,16 @@ class Label(IntEnum):
     CORONARY_CALCIUM = 6
 
 
+#: What a segmenter can be trained to outline: one label, or the region a set of labels fills.
+#: "lv_epicardium" is the LV inside its epicardial border (mass = epicardium - cavity);
+#: "heart" the four chambers and the LV wall (the region coronary calcium lies on).
+STRUCTURES: dict[str, tuple[Label, ...]] = {
+    **{label.name.lower(): (label,) for label in Label if label != Label.BACKGROUND},
+    "lv_epicardium": (Label.LV_CAVITY, Label.LV_MYOCARDIUM),
+    "heart": (Label.LV_CAVITY, Label.LV_MYOCARDIUM, Label.RV_CAVITY, Label.LA_CAVITY),
+}
+
+
 @dataclass
 class ECG:
     """A resting ECG.

@@ -53,7 +53,7 @@ def train(cohort: Path, out: Path, *sets: str, resume: bool = False) -> dict:
 
 def test_box_is_the_masks_bounding_box_on_the_input_grid(cohort):
     studies = [s for s in read_manifest(cohort) if s.split == "train"]
-    frames = SegmentationFrames(studies, "echo", Label.LV_CAVITY, image_size=128)
+    frames = SegmentationFrames(studies, "echo", ["lv_cavity"], image_size=128)
     sample, where = frames[7], frames.describe(7)
     rows, cols = torch.nonzero(sample["mask"][0], as_tuple=True)
     assert sample["box"].tolist() == [cols.min(), rows.min(), cols.max(), rows.max()]
@@ -133,3 +133,87 @@ def test_lora_run_trains_only_the_adapter_and_decoder(cohort, tmp_path):
     size = (adapter / "adapter_model.safetensors").stat().st_size
     assert size < 0.5 * (out / "final" / "model.safetensors").stat().st_size
     load_segmenter(out / "final")  # the base stays a plain segmenter folder
+
+
+def test_training_forward_is_the_predictors_forward(cohort):
+    """The logits training optimises are those CardiacPredictor gives for the same frame and
+    box: the same pixel normalisation, padding and prompt geometry (a vit_b with SAM's
+    ImageNet statistics, so a scale mistake in either shows)."""
+    from mmcardio.adapters.sam import CardiacPredictor
+    from mmcardio.adapters.sam_preprocess import grey_frames
+    from mmcardio.datasets.readers import read_video
+
+    torch.manual_seed(0)
+    config = sam_config("tiny")
+    config.pixel_mean, config.pixel_std = sam_config("vit_b").pixel_mean, sam_config("vit_b").pixel_std
+    model = build_sam(config).eval()
+    study = next(s for s in read_manifest(cohort) if s.echo and s.masks)
+    frames = SegmentationFrames([study], "echo", image_size=128)
+    item, where = frames[3], frames.describe(3)
+    with torch.no_grad():
+        trained = BoxPromptedSam(model)(item["image"][None], item["box"][None], item["input_size"][None])[0]
+    clip = next(c for c in study.echo if f"echo:{c.view}" == where["series"])
+    predictor = CardiacPredictor(model, "echo")
+    predictor.set_frames(grey_frames(read_video(clip.path).frames))
+    scale = predictor.frames.original_size[0] / predictor.frames.input_size[0]
+    predicted = predictor.predict(where["frame"], box=item["box"].numpy() * scale).low_res_logits
+    # the training image is stored in 8 bits: within a 1/255 step of the predictor's pixels
+    assert torch.allclose(trained, predicted, atol=0.05 * float(predicted.abs().max()))
+
+
+def test_several_structures_train_on_their_own_mask_tokens(cohort):
+    """With two structures the training logits are the decoder's tokens 0 and 1, the ones
+    CardiacPredictor.predict_all reads, and each channel's mask is its own structure."""
+    from mmcardio.adapters.sam import CardiacPredictor
+
+    torch.manual_seed(0)
+    model = build_sam("tiny").eval()
+    study = next(s for s in read_manifest(cohort) if s.cmr is not None)
+    frames = SegmentationFrames([study], "cmr", ["lv_cavity", "lv_epicardium"], image_size=128)
+    item, where = frames[0], frames.describe(0)
+    cavity, epicardium = item["mask"]
+    assert epicardium.sum() > cavity.sum() > 0 and bool((epicardium >= cavity).all())
+    with torch.no_grad():
+        trained = BoxPromptedSam(model, 2)(item["image"][None], item["box"][None], item["input_size"][None])[0]
+    cine = read_volume(study.cmr, modality="cmr").array
+    predictor = CardiacPredictor(model, "cmr", outputs=2)
+    predictor.set_frames(cine.reshape(-1, *cine.shape[-2:]))
+    scale = predictor.frames.original_size[0] / predictor.frames.input_size[0]
+    outputs = predictor.predict_all(where["frame"], box=item["box"].numpy() * scale)
+    assert trained.shape[0] == 2 and len(outputs) == 2
+    for k in range(2):
+        assert torch.allclose(trained[k], outputs[k].low_res_logits[0], atol=0.05 * float(trained[k].abs().max()))
+    with torch.no_grad():  # token 0 is SAM's single-mask output: a one-structure model's
+        single = BoxPromptedSam(model, 1)(item["image"][None], item["box"][None], item["input_size"][None])[0]
+    assert torch.equal(single[0], trained[0])
+
+
+def test_a_lora_run_carries_the_adapters_of_its_start(cohort, tmp_path):
+    """echo base -> CMR adapter -> CT adapter: the last folder segments all three."""
+    from mmcardio.adapters.segmenter import Segmenters, read_card
+
+    train(cohort, tmp_path / "echo", "max_steps=2", "batch_size=2")
+    train(cohort, tmp_path / "cmr", "max_steps=2", "batch_size=2", "modality=cmr", "lora_rank=4", "frames_per_series=4",
+          f"init_from={tmp_path / 'echo' / 'final'}")
+    train(cohort, tmp_path / "ct", "max_steps=2", "batch_size=2", "modality=ct", "lora_rank=4", "structures=[heart]",
+          "frames_per_series=4", f"init_from={tmp_path / 'cmr' / 'final'}")
+    card = read_card(tmp_path / "ct" / "final")
+    assert card.base.modality == "echo" and card.adapters == {"cmr": ["lv_cavity"], "ct": ["heart"]}
+    segmenters = Segmenters(tmp_path / "ct" / "final")
+    assert sorted(segmenters.predictors) == ["cmr", "ct", "echo"]
+    base = load_file(tmp_path / "echo" / "final" / "model.safetensors")
+    carried = load_file(tmp_path / "ct" / "final" / "model.safetensors")
+    assert all(torch.equal(base[k], carried[k]) for k in base)  # adapters never touch the base
+    cmr_adapter = tmp_path / "cmr" / "final" / "adapters" / "cmr" / "adapter_model.safetensors"
+    assert (tmp_path / "ct" / "final" / "adapters" / "cmr" / "adapter_model.safetensors").read_bytes() == \
+        cmr_adapter.read_bytes()
+
+
+def test_frames_per_series_and_max_series_sample_evenly(cohort):
+    studies = [s for s in read_manifest(cohort) if s.split == "train"]
+    every = SegmentationFrames(studies, "cmr", image_size=128)
+    sampled = SegmentationFrames(studies, "cmr", image_size=128, frames_per_series=5, max_series=1)
+    assert len(sampled.series) == 1 and len(sampled) == 5
+    shown = [every.describe(i)["frame"] for i in range(len(every))
+             if every.describe(i)["study_id"] == sampled.describe(0)["study_id"]]
+    assert [sampled.describe(i)["frame"] for i in range(5)] == [shown[round(j)] for j in np.linspace(0, len(shown) - 1, 5)]

@@ -77,3 +77,15 @@ def trainable_share(model: nn.Module) -> float:
     counts = [(p.numel(), p.requires_grad) for p in model.parameters()]
     total = sum(n for n, _ in counts)
     return sum(n for n, trainable in counts if trainable) / total if total else 0.0
+
+
+def adapter_share(model: str = "vit_b", rank: int = 4, mlp: bool = False) -> float:
+    """The trainable share of a modality adapter (LoRA of `rank` and its decoder copy) on the
+    SAM `model`, counted on meta tensors: no memory, no weights (e.g. for vit_b while
+    training the tiny model)."""
+    import torch
+
+    from mmcardio.adapters.sam import build_sam
+
+    with torch.device("meta"):
+        return trainable_share(add_lora(build_sam(model), "share", sam_lora_config(rank, mlp=mlp)))

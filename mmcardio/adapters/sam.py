@@ -197,6 +197,15 @@ def load_segmenter(folder: str | Path, device: str | torch.device = "cpu") -> tu
     return model.to(device), config
 
 
+def structure_logits(sam: Sam, structures: int, **decoder_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask decoder's (logits [B, K, s, s], IoU [B, K]) of `structures` = K structures for
+    one prompt: token 0 (SAM's single-mask output, which a box-trained base already gives)
+    for the first, the box's own; tokens 1.. (SAM's nested-output tokens) for the others.
+    `predict_masks` is the decoder's all-token step; under peft it is the active adapter's."""
+    logits, iou = sam.mask_decoder.predict_masks(**decoder_inputs)
+    return logits[:, :structures], iou[:, :structures]
+
+
 class Prediction(NamedTuple):
     mask: np.ndarray             # bool [H, W] on the original grid
     iou: float                   # the decoder's predicted IoU of that mask
@@ -207,11 +216,12 @@ class CardiacPredictor:
     """`SamPredictor` for a frame or a stack: preprocess once, embed each frame on first use.
 
     `model` is a `Sam` or a peft model of one; embeddings are cached per frame and per active
-    adapter, so switching adapters never reuses another adapter's embedding.
+    adapter, so switching adapters never reuses another adapter's embedding. `outputs`: how many
+    structures the model was trained to give for one box (`structure_logits`).
     """
 
-    def __init__(self, model: nn.Module, modality: str, **preprocess_options) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, modality: str, outputs: int = 1, **preprocess_options) -> None:
+        self.model, self.outputs = model, outputs
         self.sam: Sam = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.modality = modality
         self.preprocess_options = preprocess_options
@@ -229,17 +239,33 @@ class CardiacPredictor:
     @torch.no_grad()
     def embedding(self, frame: int = 0) -> torch.Tensor:
         """Frame `frame`'s image embedding [1, C, g, g], computed once per active adapter."""
+        self._check_frame(frame)
+        key = (frame, getattr(self.model, "active_adapter", None))
+        if key not in self.embeddings:
+            self.embed([frame])
+        return self.embeddings[key]
+
+    @torch.no_grad()
+    def embed(self, frames: list[int] | None = None, batch_size: int = 8) -> None:
+        """Compute the embeddings of `frames` (default: every frame) not cached yet, in
+        batches: a whole cine is faster through the encoder in batches than frame by frame."""
+        adapter = getattr(self.model, "active_adapter", None)
+        frames = range(len(self.frames.image)) if frames is None and self.frames is not None else frames or []
+        todo = [f for f in frames if self._check_frame(f) and (f, adapter) not in self.embeddings]
+        h, w = self.frames.input_size if todo else (0, 0)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start: start + batch_size]
+            pixels = self.frames.image[chunk, :, :h, :w].to(self.sam.device)
+            for f, embedding in zip(chunk, self.sam.image_encoder(self.sam.preprocess(pixels))):
+                self.embeddings[(f, adapter)] = embedding[None]
+
+    def _check_frame(self, frame: int) -> bool:
         if self.frames is None:
             raise RuntimeError("call set_frames(...) before predicting")
         if not 0 <= frame < len(self.frames.image):
             raise ConfigError(f"expected a frame index below {len(self.frames.image)}, got {frame}",
                               field="frame")
-        key = (frame, getattr(self.model, "active_adapter", None))
-        if key not in self.embeddings:
-            h, w = self.frames.input_size
-            pixels = self.frames.image[frame: frame + 1, :, :h, :w].to(self.sam.device)
-            self.embeddings[key] = self.sam.image_encoder(self.sam.preprocess(pixels))
-        return self.embeddings[key]
+        return True
 
     @torch.no_grad()
     def predict(self, frame: int = 0, box: np.ndarray | list | None = None,
@@ -247,18 +273,37 @@ class CardiacPredictor:
                 mask_input: torch.Tensor | None = None, multimask: bool = False) -> Prediction:
         """The mask for a box (XYXY) and/or points (XY, labels 1 inside / 0 outside) in
         original pixels, or a previous frame's low-res logits. With `multimask`, the mask of
-        highest predicted IoU."""
-        image_embedding = self.embedding(frame)
+        highest predicted IoU of SAM's three nested ones. A segmenter trained on several
+        structures (`outputs` > 1) gives its first, the one the box outlines."""
+        if self.outputs > 1:
+            return self.predict_all(frame, box, points, labels, mask_input)[0]
+        logits, ious = self._decode(frame, box, points, labels, mask_input, multimask)
+        best = int(ious[0].argmax())
+        return self._prediction(logits[:, best: best + 1], ious[0, best])
+
+    @torch.no_grad()
+    def predict_all(self, frame: int = 0, box: np.ndarray | list | None = None,
+                    points: np.ndarray | list | None = None, labels: np.ndarray | list | None = None,
+                    mask_input: torch.Tensor | None = None) -> list[Prediction]:
+        """One prediction per structure the segmenter learned (`outputs`), for one prompt."""
+        logits, ious = structure_logits(self.sam, self.outputs, **self._decoder_inputs(frame, box, points, labels,
+                                                                                       mask_input))
+        return [self._prediction(logits[:, k: k + 1], ious[0, k]) for k in range(self.outputs)]
+
+    def _decode(self, frame, box, points, labels, mask_input, multimask) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self._decoder_inputs(frame, box, points, labels, mask_input)
+        return self.sam.mask_decoder(**inputs, multimask_output=multimask)
+
+    def _decoder_inputs(self, frame, box, points, labels, mask_input) -> dict[str, torch.Tensor]:
         mask_prompt = None if mask_input is None else mask_input[None].to(self.sam.device)
         sparse, dense = self.sam.prompt_encoder(points=self._points(points, labels), boxes=self._box(box),
                                                 masks=mask_prompt)
-        logits, ious = self.sam.mask_decoder(
-            image_embeddings=image_embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
-        best = int(ious[0].argmax())
-        low_res = logits[:, best: best + 1]
+        return {"image_embeddings": self.embedding(frame), "image_pe": self.sam.prompt_encoder.get_dense_pe(),
+                "sparse_prompt_embeddings": sparse, "dense_prompt_embeddings": dense}
+
+    def _prediction(self, low_res: torch.Tensor, iou: torch.Tensor) -> Prediction:
         mask = self.frames.mask_to_original(low_res)[0, 0] > self.sam.mask_threshold
-        return Prediction(mask.cpu().numpy(), float(ious[0, best]), low_res[0].cpu())
+        return Prediction(mask.cpu().numpy(), float(iou), low_res[0].cpu())
 
     def _box(self, box: np.ndarray | list | None) -> torch.Tensor | None:
         if box is None:

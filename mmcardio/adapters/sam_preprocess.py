@@ -62,14 +62,17 @@ class SamInput:
 
 def medsam_preprocess(image: np.ndarray, modality: str, image_size: int = 1024,
                       window: tuple[float, float] = SOFT_TISSUE_WINDOW,
-                      percentiles: tuple[float, float] = PERCENTILES) -> SamInput:
+                      percentiles: tuple[float, float] = PERCENTILES,
+                      frames: np.ndarray | None = None) -> SamInput:
     """A grey image [H, W] or stack [T, H, W] (HU for CT) -> `SamInput` for a SAM whose
-    image encoder takes `image_size` pixels."""
+    image encoder takes `image_size` pixels. `frames`: only these frames of a stack come out,
+    with the intensity statistics of the whole stack."""
     array = np.asarray(image, dtype=np.float64)
     if array.ndim not in (2, 3) or 0 in array.shape:
         raise ConfigError(f"expected a grey image [H, W] or a stack [T, H, W], got shape {array.shape}",
                           field="image")
     unit = normalise_intensity(array, modality, window, percentiles)
+    unit = unit if frames is None or array.ndim == 2 else unit[np.asarray(frames)]
     original_size = (array.shape[-2], array.shape[-1])
     input_size = ResizeLongestSide.get_preprocess_shape(*original_size, image_size)
     frames = torch.from_numpy(unit).float().reshape(-1, 1, *original_size)

@@ -9,8 +9,9 @@ own copy of the mask decoder train (`mmcardio.adapters.lora`).
 The run follows pretraining's conventions and reuses its checkpoint functions: OUT/checkpoints/
 step_N (accelerate state + data position, written to a partial folder and renamed),
 metrics.jsonl, `resume`, config.yaml, run.json. OUT/final is a segmenter folder
-(`load_segmenter`); a LoRA run writes the base weights there and the adapter alone into
-OUT/final/adapters/<modality> (`load_lora`). Each rank takes its own share of the frames
+(`load_segmenter`, or `adapters.segmenter.Segmenters` for inference); a LoRA run writes the
+base weights there, the adapter alone into OUT/final/adapters/<modality> (`load_lora`) and
+carries on the adapters of the folder it started from. Each rank takes its own share of the frames
 (`DistributedSampler`), so the data position is (epoch, batches done).
 """
 from __future__ import annotations
@@ -27,8 +28,22 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmcardio.adapters.lora import add_lora, sam_lora_config, save_lora, trainable_share
-from mmcardio.adapters.sam import build_sam, load_sam_checkpoint, sam_config, save_segmenter
+from mmcardio.adapters.sam import (
+    build_sam,
+    load_sam_checkpoint,
+    sam_config,
+    save_segmenter,
+    structure_logits,
+)
 from mmcardio.adapters.seg_data import SEGMENTABLE, SegmentationFrames
+from mmcardio.adapters.segmenter import (
+    ADAPTERS_DIR,
+    BasePart,
+    SegmenterCard,
+    carry_adapters,
+    read_card,
+    write_card,
+)
 from mmcardio.config import (
     deep_merge,
     from_dict,
@@ -39,7 +54,7 @@ from mmcardio.config import (
 from mmcardio.errors import ConfigError
 from mmcardio.io import write_json
 from mmcardio.model_config import WEIGHTS_FILE
-from mmcardio.records import Label
+from mmcardio.records import STRUCTURES
 from mmcardio.study import read_manifest
 from mmcardio.train.checkpoint import (
     TrainState,
@@ -64,7 +79,13 @@ class SegmentConfig:
     init_from: starting weights: a segmenter folder (e.g. a run's final/) or a SAM/MedSAM
         `.pth` checkpoint; random when None.
     modality: "echo" (cine frames of every view), "cmr" (slices of every phase) or "ct"
-        (axial slices). structure: a `Label` name, e.g. "lv_cavity".
+        (axial slices). structures: names of `records.STRUCTURES`, e.g. ["lv_cavity"] or
+        ["lv_cavity", "lv_epicardium"]: the box outlines the first; the others are what the
+        same box also gives on SAM's further mask tokens (`structure_logits`); at most 4.
+    frames_per_series: frames kept per series, evenly spaced (null: all); a
+        cine's neighbouring frames are near copies, so a few per series cover a cohort.
+    max_series: series (cines, volumes) trained on, evenly spread over the manifest (null: all):
+        for quick runs; each series costs a decode.
     lora_rank: 0 trains the image encoder and mask decoder; above 0, a LoRA adapter of that
         rank named after the modality and its decoder copy only.
     box_jitter: each box side moves by up to this share of the box size (0 = the exact box).
@@ -75,7 +96,9 @@ class SegmentConfig:
     model: str = "tiny"
     init_from: str | None = None
     modality: str = "echo"
-    structure: str = "lv_cavity"
+    structures: list[str] = field(default_factory=lambda: ["lv_cavity"])
+    frames_per_series: int | None = None
+    max_series: int | None = None
     lora_rank: int = 0
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -90,10 +113,14 @@ class SegmentConfig:
     train_splits: list[str] = field(default_factory=lambda: ["train"])
 
     def __post_init__(self) -> None:
-        names = [label.name.lower() for label in Label if label != Label.BACKGROUND]
         checks = [("modality", self.modality in [str(m) for m in SEGMENTABLE],
                    f"expected one of {[str(m) for m in SEGMENTABLE]}"),
-                  ("structure", self.structure in names, f"expected one of {names}"),
+                  ("structures", 1 <= len(self.structures) <= 4 and set(self.structures) <= set(STRUCTURES),
+                   f"expected 1-4 names (SAM has 4 mask tokens) among {sorted(STRUCTURES)}"),
+                  ("frames_per_series", self.frames_per_series is None or self.frames_per_series >= 1,
+                   "expected null (all frames) or at least 1"),
+                  ("max_series", self.max_series is None or self.max_series >= 1,
+                   "expected null (all series) or at least 1"),
                   ("lora_rank", self.lora_rank >= 0, "expected 0 (full training) or a rank"),
                   ("batch_size", self.batch_size >= 1, "expected at least 1"),
                   ("max_steps", self.max_steps >= 1, "expected at least 1"),
@@ -103,10 +130,6 @@ class SegmentConfig:
         for name, ok, problem in checks:
             if not ok:
                 raise ConfigError(f"{problem}, got {getattr(self, name)!r}", field=name)
-
-    @property
-    def label(self) -> Label:
-        return Label[self.structure.upper()]
 
 
 def load_segment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SegmentConfig:
@@ -121,9 +144,9 @@ class BoxPromptedSam(nn.Module):
     Not `Sam.forward`: it runs under `no_grad` and takes a list of dicts. The decoder runs
     per image because segment-anything's `MaskDecoder` pairs one image with many prompts."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, structures: int = 1):
         super().__init__()
-        self.model = model
+        self.model, self.structures = model, structures
 
     @property
     def sam(self) -> nn.Module:
@@ -131,19 +154,19 @@ class BoxPromptedSam(nn.Module):
 
     def forward(self, image: torch.Tensor, box: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
         """image [B, 3, S, S] in [0, 1] (zero padded), box [B, 4] XYXY input pixels, input_size
-        [B, 2] -> low-res mask logits [B, 1, s, s]. Pixels are normalised, then the padding
-        zeroed, as `Sam.preprocess` does at inference."""
+        [B, 2] -> low-res mask logits [B, K, s, s], one per structure as `CardiacPredictor`
+        reads them. Pixels are normalised, then the padding zeroed, as `Sam.preprocess` does."""
         sam = self.sam
         size = image.shape[-1]
         grid = torch.arange(size, device=image.device)
         inside = (grid[None, :, None] < input_size[:, :1, None]) & (grid[None, None, :] < input_size[:, 1:, None])
-        pixels = (image - sam.pixel_mean / 255) / (sam.pixel_std / 255) * inside[:, None]
+        pixels = (image - sam.pixel_mean) / sam.pixel_std * inside[:, None]
         embeddings = sam.image_encoder(pixels)
         sparse, dense = sam.prompt_encoder(points=None, boxes=box, masks=None)
         position = sam.prompt_encoder.get_dense_pe()
-        logits = [sam.mask_decoder(image_embeddings=embeddings[i: i + 1], image_pe=position,
+        logits = [structure_logits(sam, self.structures, image_embeddings=embeddings[i: i + 1], image_pe=position,
                                    sparse_prompt_embeddings=sparse[i: i + 1],
-                                   dense_prompt_embeddings=dense[i: i + 1], multimask_output=False)[0]
+                                   dense_prompt_embeddings=dense[i: i + 1])[0]
                   for i in range(len(image))]
         return torch.cat(logits)
 
@@ -170,9 +193,10 @@ def build_segmenter_model(cfg: SegmentConfig) -> tuple[BoxPromptedSam, dict | No
             load_sam_checkpoint(sam, start)
     sam.prompt_encoder.requires_grad_(False)
     if not cfg.lora_rank:
-        return BoxPromptedSam(sam), None
+        return BoxPromptedSam(sam, len(cfg.structures)), None
     base_state = {k: v.detach().clone() for k, v in sam.state_dict().items()}
-    return BoxPromptedSam(add_lora(sam, cfg.modality, sam_lora_config(cfg.lora_rank))), base_state
+    peft_model = add_lora(sam, cfg.modality, sam_lora_config(cfg.lora_rank))
+    return BoxPromptedSam(peft_model, len(cfg.structures)), base_state
 
 
 @dataclass
@@ -220,9 +244,10 @@ def _prepare(cfg: SegmentConfig, accelerator, manifest: str | Path) -> SegmentRu
     studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
     model, base_state = build_segmenter_model(cfg)
     image_size = sam_config(cfg.model).image_size
-    frames = SegmentationFrames(studies, cfg.modality, cfg.label, image_size, cfg.box_jitter, cfg.seed)
+    frames = SegmentationFrames(studies, cfg.modality, cfg.structures, image_size, cfg.box_jitter, cfg.seed,
+                                cfg.frames_per_series, cfg.max_series)
     if len(frames) < cfg.batch_size * accelerator.num_processes:
-        raise ConfigError(f"{len(frames)} training frames show {cfg.structure} in {cfg.modality} (splits "
+        raise ConfigError(f"{len(frames)} training frames show {cfg.structures} in {cfg.modality} (splits "
                           f"{cfg.train_splits}); expected at least batch_size x processes", manifest)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -300,19 +325,25 @@ def _log(accelerator, out: Path, state: TrainState, meter: Meter, run: SegmentRu
 
 
 def _save_final(cfg: SegmentConfig, accelerator, run: SegmentRun, folder: Path) -> None:
-    """OUT/final: the trained segmenter, or for LoRA the base segmenter plus
-    adapters/<modality> (the adapter alone)."""
+    """OUT/final: the trained segmenter, or for LoRA the base segmenter, adapters/<modality>
+    (the adapter alone) and the adapters of `init_from` carried on; `segmenter.json` says
+    what each outlines."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         config = sam_config(cfg.model)
         model = accelerator.unwrap_model(run.model).model
         if run.base_state is None:
             save_segmenter(model, config, folder)
+            write_card(folder, SegmenterCard(BasePart(cfg.modality, cfg.structures)))
         else:
             base = build_sam(config)
             base.load_state_dict(run.base_state)
             save_segmenter(base, config, folder)
-            save_lora(model, cfg.modality, folder / "adapters" / cfg.modality)
+            save_lora(model, cfg.modality, folder / ADAPTERS_DIR / cfg.modality)
+            start = Path(cfg.init_from) if cfg.init_from and Path(cfg.init_from).is_dir() else None
+            carried = carry_adapters(start, folder, skip=cfg.modality) if start else {}
+            write_card(folder, SegmenterCard(read_card(start).base if start else None,
+                                             carried | {cfg.modality: cfg.structures}))
     accelerator.wait_for_everyone()
 
 
@@ -320,11 +351,11 @@ def _summary(cfg: SegmentConfig, accelerator, run: SegmentRun, state: TrainState
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if ln]
     model = accelerator.unwrap_model(run.model).model
     return {"status": "finished", "model": cfg.model, "init_from": cfg.init_from, "modality": cfg.modality,
-            "structure": cfg.structure, "lora_rank": cfg.lora_rank, "steps": state.step,
+            "structures": cfg.structures, "lora_rank": cfg.lora_rank, "steps": state.step,
             "world_size": accelerator.num_processes, "train_frames": len(run.frames),
             "trainable_share": trainable_share(model),
             "first_loss": lines[0]["loss"] if lines else None, "final_loss": lines[-1]["loss"] if lines else None,
             "seconds": round(state.seconds, 2),
             "seconds_per_step": round(state.seconds / state.step, 4) if state.step else None,
             "final": str(out / "final"),
-            "adapter": str(out / "final" / "adapters" / cfg.modality) if cfg.lora_rank else None}
+            "adapter": str(out / "final" / ADAPTERS_DIR / cfg.modality) if cfg.lora_rank else None}
