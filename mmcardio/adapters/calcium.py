@@ -19,7 +19,7 @@ AGATSTON_REFERENCE_SLICE_MM = 3.0
 #: Lower HU bound of density weights 1, 2, 3 and 4.
 AGATSTON_WEIGHT_BOUNDS_HU = (130.0, 200.0, 300.0, 400.0)
 #: In-plane 8-connectivity only: Agatston lesions are regions of one slice.
-_SLICE_CONNECTIVITY = np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], dtype=bool)
+SLICE_CONNECTIVITY = np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], dtype=bool)
 
 
 def agatston_score(
@@ -35,15 +35,25 @@ def agatston_score(
     return score, volume, len(slices)
 
 
+def agatston_lesions(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, int, np.ndarray]:
+    """(lesion labels of the volume, their count n, big enough [n + 1]: area >= 1 mm^2) of
+    the in-plane 8-connected regions >= 130 HU; label 0 (no lesion) is never big enough."""
+    labels, n = ndimage.label(np.asarray(hu) >= AGATSTON_THRESHOLD_HU, structure=SLICE_CONNECTIVITY)
+    area = np.bincount(labels.ravel(), minlength=n + 1) * float(spacing_mm[1]) * float(spacing_mm[2])
+    big = area >= AGATSTON_MIN_AREA_MM2
+    big[0] = False
+    return labels, n, big
+
+
 def _score(
     hu: np.ndarray, spacing_mm: tuple[float, float, float], lesion_mask: np.ndarray | None
 ) -> tuple[float, float, np.ndarray]:
     """(score, calcium volume mm^3, the slice of each counted lesion)."""
     hu = np.asarray(hu)
-    above = hu >= AGATSTON_THRESHOLD_HU
-    labels, n = ndimage.label(above, structure=_SLICE_CONNECTIVITY)
+    labels, n, big = agatston_lesions(hu, spacing_mm)
     if n == 0:
         return 0.0, 0.0, np.empty(0, dtype=np.intp)
+    above = labels > 0
     dz, dy, dx = (float(s) for s in spacing_mm)
     lesion_of = labels[above]  # only the few voxels above threshold are looked at again
     pixels = np.bincount(lesion_of, minlength=n + 1)[1:]
@@ -52,7 +62,7 @@ def _score(
     slice_of = np.zeros(n + 1, dtype=np.intp)
     slice_of[lesion_of] = np.nonzero(above)[0]  # a lesion lies in one slice
     area = pixels * dy * dx
-    keep = area >= AGATSTON_MIN_AREA_MM2
+    keep = big[1:].copy()
     if lesion_mask is not None:
         keep &= (
             np.bincount(lesion_of, weights=np.asarray(lesion_mask)[above], minlength=n + 1)[1:] > 0
@@ -62,13 +72,18 @@ def _score(
     return score, float(np.sum(pixels[keep]) * dz * dy * dx), slice_of[1:][keep]
 
 
-def _checked_lesions(ct: Volume, mask: Volume | None) -> np.ndarray | None:
+def check_ct(ct: Volume) -> None:
+    """Refuse anything but a (z, y, x) CT in HU."""
     if ct.array.ndim != 3 or ct.units != "HU":
         raise MMCardioError(
             f"expected a (z, y, x) CT in HU, got shape {ct.array.shape} in {ct.units!r}",
             ct.source,
             "ct",
         )
+
+
+def _checked_lesions(ct: Volume, mask: Volume | None) -> np.ndarray | None:
+    check_ct(ct)
     if mask is None:
         return None
     if mask.array.shape != ct.array.shape:
