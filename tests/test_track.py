@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from mmcardio.adapters.geometry import mask_box
-from mmcardio.adapters.sam import CardiacPredictor, build_sam
-from mmcardio.adapters.track import auto_box, predict_masks, segment_clip, segment_volume
+from mmcardio.adapters.lora import add_lora, save_lora
+from mmcardio.adapters.predict import predict_masks
+from mmcardio.adapters.sam import (
+    CardiacPredictor,
+    Prediction,
+    build_sam,
+    sam_config,
+    save_segmenter,
+)
+from mmcardio.adapters.segmenter import BasePart, SegmenterCard, Segmenters, write_card
+from mmcardio.adapters.track import auto_box, outline_frames, segment_clip
 from mmcardio.datasets.readers import read_for_column, read_volume
 from mmcardio.datasets.synthetic.cohort import generate_cohort
 from mmcardio.errors import MMCardioError
@@ -21,11 +30,16 @@ from mmcardio.study import read_manifest
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
+def cohort_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("phantom") / "cohort"
     generate_cohort(out, 4, seed=0, progress=False, workers=1)
-    truth = {r["study_id"]: r for r in map(json.loads, (out / "truth.jsonl").open())}
-    return {s.study_id: s for s in read_manifest(out / "manifest.csv")}, truth
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(cohort_dir):
+    truth = {r["study_id"]: r for r in map(json.loads, (cohort_dir / "truth.jsonl").open())}
+    return {s.study_id: s for s in read_manifest(cohort_dir / "manifest.csv")}, truth
 
 
 @pytest.fixture
@@ -121,22 +135,31 @@ def test_segment_clip_prompts_each_frame_from_its_neighbour(cohort, predictor):
     frames = grey(read_for_column("echo", studies["S00002"].echo[0].path))[:8]
     spy = Spy(predictor)
     start, box = 3, np.array([40.0, 20.0, 70.0, 70.0])
-    track = segment_clip(predictor, frames, box=box, start=start)
+    track = segment_clip(predictor, frames, box=box, start=start, margin=0.1)
     assert track.masks.shape == frames.shape and track.masks.dtype == bool
     assert track.ious.shape == (8,) and np.isfinite(track.ious).all()
-    assert spy.encoded == len(frames)  # one encoder run per frame
+    assert spy.encoded == 1  # one batched encoder run for the 8 frames
     by_frame = {c["frame"]: c for c in spy.calls}
     assert sorted(by_frame) == list(range(8)) and len(spy.calls) == 8
-    assert by_frame[start]["mask_input"] is None and np.array_equal(by_frame[start]["box"], box)
+    assert np.array_equal(by_frame[start]["box"], box)
     for k in range(8):
         if k == start:
             continue
         neighbour = by_frame[k - 1 if k > start else k + 1]
         previous = neighbour["out"]
-        assert by_frame[k]["mask_input"] is previous.low_res_logits
+        assert by_frame[k]["mask_input"] is None  # our segmenters learn boxes only
         expected = mask_box(previous.mask, 0.1) if previous.mask.any() else neighbour["box"]
         assert np.array_equal(by_frame[k]["box"], expected)
         assert np.array_equal(track.boxes[k], expected)
+
+
+def test_segment_clip_can_pass_the_mask_prompt(cohort, predictor):
+    studies, _ = cohort
+    frames = grey(read_for_column("echo", studies["S00002"].echo[0].path))[:3]
+    spy = Spy(predictor)
+    segment_clip(predictor, frames, box=np.array([40.0, 20.0, 70.0, 70.0]), mask_prompt=True)
+    assert spy.calls[0]["mask_input"] is None
+    assert [c["mask_input"] for c in spy.calls[1:]] == [c["out"].low_res_logits for c in spy.calls[:-1]]
 
 
 def test_segment_clip_without_a_box_uses_auto_box(cohort, predictor):
@@ -149,34 +172,124 @@ def test_segment_clip_without_a_box_uses_auto_box(cohort, predictor):
         segment_clip(predictor, np.zeros((2, 16, 16)))
 
 
-def test_segment_volume_tracks_each_slice(cohort):
-    studies, _ = cohort
-    cine = read_volume(studies["S00004"].cmr, modality="cmr").array[:3, 6:8]
-    predictor = CardiacPredictor(build_sam("tiny").eval(), "cmr")
-    track = segment_volume(predictor, cine, box=np.array([30.0, 30.0, 70.0, 70.0]))
-    assert track.masks.shape == cine.shape and track.ious.shape == (3, 2)
-    assert track.boxes.shape == (3, 2, 4)
+class Oracle:
+    """A predictor that returns the reference masks of each frame of the stack it was given
+    (whatever the box): the painting logic, without a model's errors."""
+
+    modality = "cmr"
+
+    def __init__(self, *truths: np.ndarray) -> None:
+        self.truths, self.boxes = truths, []
+
+    def set_frames(self, frames):
+        assert frames.shape == self.truths[0].shape
+
+    def embed(self):
+        pass
+
+    def predict_all(self, frame, box=None):
+        self.boxes.append((frame, box))
+        return [Prediction(truth[frame], 1.0, torch.zeros(1, 4, 4)) for truth in self.truths]
 
 
-def test_predict_masks_feeds_measure_study_shapes(cohort, monkeypatch):
+def test_outline_frames_paints_the_cavity_over_the_myocardium(cohort):
     studies, _ = cohort
     study = studies["S00004"]
+    cine = read_volume(study.cmr, modality="cmr").array
+    labels = read_volume(study.masks["cmr"]).array
+    z = cine.shape[1] // 2
+    cavity = labels[:, z] == Label.LV_CAVITY
+    epicardium = np.isin(labels[:, z], [Label.LV_CAVITY, Label.LV_MYOCARDIUM])
+    oracle = Oracle(cavity, epicardium)
+    painted = outline_frames(oracle, cine[:, z], ["lv_cavity", "lv_epicardium"])
+    assert [t for t, _ in oracle.boxes] == list(range(len(cine)))  # every frame found its box
+    for t, box in oracle.boxes:
+        assert np.array_equal(box, auto_box(cine[t, z], "cmr").box)
+    assert np.array_equal(painted == Label.LV_CAVITY, cavity)
+    assert np.array_equal(painted == Label.LV_MYOCARDIUM, epicardium & ~cavity)
 
-    def fake_clip(predictor, frames, structure=Label.LV_CAVITY, **_):
-        """A disc per frame: the tracking is tested above; here the Volumes' geometry."""
-        yy, xx = np.mgrid[: frames.shape[-2], : frames.shape[-1]]
-        return type("T", (), {"masks": np.broadcast_to((yy - 50) ** 2 + (xx - 50) ** 2 < 200,
-                                                       frames.shape)})()
+
+def segmenter_folder(path, with_cmr_adapter: bool = True):
+    """A tiny untrained segmenter folder: base for echo, a LoRA adapter for CMR."""
+    torch.manual_seed(0)
+    model = build_sam("tiny")
+    save_segmenter(model, sam_config("tiny"), path)
+    adapters = {}
+    if with_cmr_adapter:
+        save_lora(add_lora(model, "cmr"), "cmr", path / "adapters" / "cmr")
+        adapters = {"cmr": ["lv_cavity", "lv_epicardium"]}
+    write_card(path, SegmenterCard(BasePart("echo", ["lv_cavity"]), adapters))
+    return path
+
+
+def test_segmenters_switch_adapters_per_modality(tmp_path):
+    segmenters = Segmenters(segmenter_folder(tmp_path / "seg"))
+    assert segmenters.structures("cmr") == ["lv_cavity", "lv_epicardium"]
+    echo, cmr = segmenters.predictor("echo"), segmenters.predictor("cmr")
+    assert not hasattr(echo.model, "peft_config") and cmr.model.active_adapter == "cmr"
+    with pytest.raises(MMCardioError, match="not 'ct'"):
+        segmenters.predictor("ct")
+    with pytest.raises(MMCardioError, match="no segmenter.json"):
+        Segmenters(tmp_path)
+
+
+def disc(shape, radius2):
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    return np.broadcast_to((yy - 50) ** 2 + (xx - 50) ** 2 < radius2, shape)
+
+
+@pytest.fixture
+def disc_segmenter(monkeypatch, tmp_path):
+    """A segmenter folder whose masks are discs (the cavity, and a larger epicardium): the
+    tracking is tested above; here what is built from the masks."""
+
+    def fake_clip(predictor, frames, box=None, *_, **__):
+        predictor.set_frames(frames)
+        return type("T", (), {"masks": disc(frames.shape, 200), "boxes": np.zeros((len(frames), 4))})()
+
+    def fake_predict_all(self, frame, box=None, **_):
+        return [Prediction(disc(self.frames.original_size, r2).copy(), 1.0, torch.zeros(1, 32, 32))
+                for r2 in (200, 400)[: self.outputs]]
 
     monkeypatch.setattr("mmcardio.adapters.track.segment_clip", fake_clip)
-    monkeypatch.setattr("mmcardio.adapters.track.segment_volume", fake_clip)
-    masks = predict_masks(study, {"echo": {Label.LV_CAVITY: None}, "cmr": {Label.LV_CAVITY: None}})
-    truth = {k: read_volume(p) for k, p in study.masks.items()}
+    monkeypatch.setattr(CardiacPredictor, "predict_all", fake_predict_all)
+    return segmenter_folder(tmp_path / "seg")
+
+
+def test_predict_masks_feeds_measure_study_shapes(cohort, disc_segmenter):
+    studies, _ = cohort
+    study = studies["S00004"]
+    masks = predict_masks(study, Segmenters(disc_segmenter))
+    truth = {k: read_volume(p) for k, p in study.masks.items() if k.split(":")[0] in ("echo", "cmr")}
     assert sorted(masks) == sorted(truth)
     for key, volume in masks.items():
         assert volume.array.shape == truth[key].array.shape and volume.units == "label"
         assert np.allclose(volume.spacing_mm, truth[key].spacing_mm, atol=1e-5)
-        assert set(np.unique(volume.array)) == {0, int(Label.LV_CAVITY)}
+    assert set(np.unique(masks["echo:A4C"].array)) == {0, int(Label.LV_CAVITY)}
+    # the CMR adapter outlines the epicardium too: the myocardium is the ring between them
+    assert set(np.unique(masks["cmr"].array)) == {0, int(Label.LV_CAVITY), int(Label.LV_MYOCARDIUM)}
+    ring = (masks["cmr"].array == Label.LV_MYOCARDIUM).sum(axis=(-2, -1))
+    assert np.all(ring[masks["cmr"].array.any(axis=(-2, -1))] == disc((96, 96), 400).sum() - disc((96, 96), 200).sum())
+
+
+def test_measure_and_segment_eval_commands_with_a_segmenter(cohort_dir, disc_segmenter, tmp_path, capsys):
+    from mmcardio.cli import main
+
+    manifest = str(cohort_dir / "manifest.csv")
+    assert main(["measure", "--manifest", manifest, "--study", "S00004", "--segmenter", str(disc_segmenter),
+                 "--out", str(tmp_path / "m"), "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert {"echo", "cmr"} <= set(measured["measurements"])
+    ef = measured["measurements"]["cmr"]["lvef"]
+    assert ef["unit"] == "%" and ef["value"] == pytest.approx(0.0, abs=1e-6)  # a disc that never moves
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(f"S00004_{k.replace(':', '_')}.nii.gz"
+                                                                      for k in measured["masks"])
+    assert main(["segment", "eval", "--segmenter", str(disc_segmenter), "--manifest", manifest,
+                 "--split", "train", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["studies"] >= 1 and 0 <= summary["dice"]["echo"] <= 1
+    # the measuring method on the reference masks is within a few points of the phantom's truth
+    assert summary["from_reference_masks"]["ef_mae"]["echo"] < 5
 
 
 # ----------------------------------------------------------------------------- Dice and HD95

@@ -5,21 +5,22 @@
   noise out, chambers kept), split by Otsu's threshold inside the field of view (the non-zero
   pixels, holes filled; in echo a second Otsu split of the darker class, since tissue lies
   between blood and myocardium), and the connected blood-polarity regions (dark in echo: anechoic
-  blood; bright in bSSFP CMR) inside the eroded field are scored by area x solidity (the LV
-  pool is convex) x a Gaussian of their centroid's distance to the image centre (sigma a quarter of the shorter side: the LV is
-  what the operator centres). The best region's box, in original pixels. CT is not covered: a
-  heart box by HU needs contrast timing that non-gated and contrast scans differ in.
+  blood; bright in bSSFP CMR) inside the eroded field are scored by area x a shape term x a
+  Gaussian of their centroid's distance to the image centre (sigma a quarter of the shorter
+  side: the LV is what the operator centres). The shape term: in apical echo views solidity
+  (the LV pool is convex; chambers merged through a valve are not), in short-axis CMR
+  roundness squared (the LV pool is round; the RV, as large or larger, is a crescent or a D).
+  The best region's box, in original pixels. CT has its own (`ct_heart.heart_box`).
 - `segment_clip`: frame `start` from a box, then each next frame forwards and backwards from
-  the previous frame's mask box (enlarged by `margin`) and its low-res logits as mask prompt
-  (the propagation of MedSAM2 / SAM-Track, without their memory bank).
-- `segment_volume`: a CMR cine (t, z, y, x), one track through time per slice.
-- `predict_masks`: a study's echo views and CMR cine -> the label Volumes `measure_study` takes.
+  the previous frame's mask box (optionally its low-res logits as mask prompt): the
+  propagation of MedSAM2 / SAM-Track, without their memory bank.
+- `outline_lv`: a cine's LV cavity track and, for a segmenter that learned the epicardium,
+  the myocardium between them.
+- `outline_frames`: each frame of a stack from its own `auto_box` (no tracking).
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -28,17 +29,19 @@ from scipy.spatial import ConvexHull
 
 from mmcardio.adapters.geometry import mask_box
 from mmcardio.adapters.sam import CardiacPredictor
-from mmcardio.adapters.sam_preprocess import grey_frames, normalise_intensity
-from mmcardio.datasets.readers import read_for_column, read_volume
+from mmcardio.adapters.sam_preprocess import normalise_intensity
 from mmcardio.errors import MMCardioError
 from mmcardio.modality import Modality
-from mmcardio.records import Label, Volume
-from mmcardio.study import Study
+from mmcardio.records import STRUCTURES, Label
 
 #: Blood is dark in echo (anechoic) and bright in bSSFP cine CMR.
 BLOOD_IS_BRIGHT = {Modality.ECHO: False, Modality.CMR: True}
 SMOOTHING = 0.015    # Gaussian sigma / longest side
 CENTRE_SIGMA = 0.25  # centre-weight sigma / shorter side
+#: The label a structure's mask is painted with: its own, or the myocardium for the
+#: epicardium (the cavity, painted last, takes the inside).
+PAINT = {name: labels[0] for name, labels in STRUCTURES.items() if len(labels) == 1} | {
+    "lv_epicardium": Label.LV_MYOCARDIUM}
 
 
 class AutoBox(NamedTuple):
@@ -69,7 +72,7 @@ def auto_box(frames: np.ndarray, modality: str, structure: int = Label.LV_CAVITY
         threshold = otsu(smooth[field & (smooth < threshold)])
     blood = smooth > threshold if BLOOD_IS_BRIGHT[modality] else smooth < threshold
     regions, n = ndimage.label(blood & ndimage.binary_erosion(field))
-    best = _best_region(regions, n, image.shape)
+    best = _best_region(regions, n, image.shape, SHAPE_TERM[Modality(modality)])
     if best is None:
         return AutoBox(None, "no blood-pool region inside the field of view")
     ys, xs = np.nonzero(regions == best)
@@ -89,8 +92,8 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[np.nanargmax(np.where(above > 0, between, np.nan))])
 
 
-def _best_region(regions: np.ndarray, n: int, shape: tuple[int, int]) -> int | None:
-    """The label of largest area x solidity x centre weight; regions under 0.1% of the
+def _best_region(regions: np.ndarray, n: int, shape: tuple[int, int], shape_term) -> int | None:
+    """The label of largest area x shape term x centre weight; regions under 0.1% of the
     frame are noise."""
     index = np.arange(1, n + 1)
     areas = ndimage.sum_labels(np.ones(shape), regions, index)
@@ -100,8 +103,15 @@ def _best_region(regions: np.ndarray, n: int, shape: tuple[int, int]) -> int | N
     big = areas >= 1e-3 * np.prod(shape)
     score = np.where(big, score, 0.0)
     for i in np.flatnonzero(big):
-        score[i] *= solidity(regions == index[i])
+        score[i] *= shape_term(regions == index[i])
     return int(index[np.argmax(score)]) if n and score.max() > 0 else None
+
+
+def roundness(region: np.ndarray) -> float:
+    """Area of the largest inscribed disc / area: 1 for a disc, 0.5 for a half disc or a 2:1
+    ellipse, less for a crescent (from the distance transform: no boundary tracing)."""
+    radius = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1].max()
+    return float(min(np.pi * radius**2 / region.sum(), 1.0))
 
 
 def solidity(region: np.ndarray) -> float:
@@ -112,10 +122,21 @@ def solidity(region: np.ndarray) -> float:
     return float(len(xs) / ConvexHull(corners).volume)
 
 
+#: The shape term of `auto_box`'s region score, by modality (see the module docstring).
+SHAPE_TERM = {Modality.ECHO: solidity, Modality.CMR: lambda region: roundness(region) ** 2}
+
+
 def segment_clip(predictor: CardiacPredictor, frames: np.ndarray, box: np.ndarray | None = None,
-                 start: int = 0, margin: float = 0.1, structure: int = Label.LV_CAVITY) -> Track:
-    """Every frame of a cine [T, H, W] from one box (or `auto_box` of `structure` in frame
-    `start`); a frame whose mask comes out empty passes the last box on."""
+                 start: int = 0, margin: float = 0.0, structure: int = Label.LV_CAVITY,
+                 stop_at_empty: bool = False, mask_prompt: bool = False) -> Track:
+    """Every frame of a cine [T, H, W] (or slice of a stack) from one box (or `auto_box` of
+    `structure` in frame `start`). A frame whose mask comes out empty passes the last box on
+    (a chamber stays in a cine), or with `stop_at_empty` ends the track in that direction
+    (a structure tracked through slices ends at its top and bottom). Each next box is the
+    previous mask's, grown by `margin` x its size. `mask_prompt` also passes the previous
+    low-res logits as SAM's mask prompt: only for models trained with mask prompts (SAM,
+    MedSAM); ours learn boxes only, and an untrained mask path lowered phantom echo Dice from
+    0.95 to 0.88 (docs/experiments.md)."""
     frames = np.asarray(frames)
     if box is None:
         found = auto_box(frames, predictor.modality, structure, frame=start)
@@ -123,6 +144,7 @@ def segment_clip(predictor: CardiacPredictor, frames: np.ndarray, box: np.ndarra
             raise MMCardioError(f"no box given and none found: {found.reason}", field="box")
         box = found.box
     predictor.set_frames(frames)
+    predictor.embed()
     t = len(frames)
     masks = np.zeros(frames.shape[:3], dtype=bool)
     ious, boxes = np.full(t, np.nan), np.zeros((t, 4))
@@ -133,56 +155,43 @@ def segment_clip(predictor: CardiacPredictor, frames: np.ndarray, box: np.ndarra
         for k in order:
             grown = mask_box(previous.mask, margin)
             prompt = prompt if grown is None else grown
-            previous = predictor.predict(k, box=prompt, mask_input=previous.low_res_logits)
+            previous = predictor.predict(k, box=prompt, mask_input=previous.low_res_logits if mask_prompt else None)
             masks[k], ious[k], boxes[k] = previous.mask, previous.iou, prompt
+            if stop_at_empty and not previous.mask.any():
+                break
     return Track(masks, ious, boxes)
 
 
-def segment_volume(predictor: CardiacPredictor, cine: np.ndarray, box: np.ndarray | None = None,
-                   start: int = 0, margin: float = 0.1, structure: int = Label.LV_CAVITY) -> Track:
-    """A CMR cine (t, z, y, x): each slice tracked through time from `box` (the same for every
-    slice) or its own `auto_box`; slices where no box is found stay empty (IoU NaN)."""
-    cine = np.asarray(cine)
-    if cine.ndim != 4:
-        raise MMCardioError(f"expected a (t, z, y, x) cine, got shape {cine.shape}", field="cine")
-    masks = np.zeros(cine.shape, dtype=bool)
-    ious, boxes = np.full(cine.shape[:2], np.nan), np.zeros((*cine.shape[:2], 4))
-    for z in range(cine.shape[1]):
-        slice_box = box if box is not None else auto_box(cine[:, z], predictor.modality, structure, start).box
-        if slice_box is None:
-            continue
-        track = segment_clip(predictor, cine[:, z], slice_box, start, margin, structure)
-        masks[:, z], ious[:, z], boxes[:, z] = track.masks, track.ious, track.boxes
-    return Track(masks, ious, boxes)
+def outline_lv(predictor: CardiacPredictor, frames: np.ndarray, structures: list[str],
+               box: np.ndarray | None = None) -> tuple[np.ndarray, Track]:
+    """A label map [T, H, W] of a cine: the anchor structure (`structures[0]`, the LV cavity)
+    tracked from `box` (or `auto_box`), and each further structure the segmenter gives for
+    the same boxes ("lv_epicardium" as the myocardium around the cavity). Returns the map and
+    the anchor's track."""
+    track = segment_clip(predictor, frames, box)
+    labels = np.zeros(track.masks.shape, dtype=np.uint8)
+    for t in range(len(frames)):
+        outputs = predictor.predict_all(t, box=track.boxes[t]) if len(structures) > 1 else [None]
+        _paint(labels[t], structures, [track.masks[t]] + [o.mask for o in outputs[1:]])
+    return labels, track
 
 
-def predict_masks(study: Study,
-                  predictors: Mapping[str, Mapping[int, CardiacPredictor]]) -> dict[str, Volume]:
-    """Label Volumes for `measure_study(study, masks=...)`: "echo:VIEW" (t, 1, y, x) and "cmr"
-    (t, z, y, x), from `predictors` {modality: {label: predictor}} (the LV cavity at least),
-    each structure from its own `auto_box` (so, for now, the LV cavity only). Echo clips without a physical pixel spacing
-    are skipped with a warning (no measurement in mm is possible from them)."""
-    masks: dict[str, Volume] = {}
-    if Modality.ECHO in predictors:
-        for clip in study.echo:
-            video = read_for_column("echo", clip.path)
-            if video.pixel_spacing_mm is None:
-                warnings.warn(f"{clip.path}: no pixel spacing, view {clip.view} not segmented", stacklevel=2)
-                continue
-            labels = _labels(grey_frames(video.frames), predictors[Modality.ECHO], segment_clip)
-            masks[f"echo:{clip.view}"] = Volume(labels[:, None], (1.0, *video.pixel_spacing_mm),
-                                                units="label", modality="echo", source=str(clip.path))
-    if Modality.CMR in predictors and study.cmr is not None:
-        cmr = read_volume(study.cmr, modality="cmr")
-        labels = _labels(cmr.array, predictors[Modality.CMR], segment_volume)
-        masks["cmr"] = Volume(labels, cmr.spacing_mm, cmr.affine, "label", cmr.frame_times_ms,
-                              "cmr", str(study.cmr))
-    return masks
-
-
-def _labels(image: np.ndarray, by_label: Mapping[int, CardiacPredictor], segment) -> np.ndarray:
-    """One label map from one track per structure; the LV cavity is painted last (it wins)."""
-    labels = np.zeros(image.shape, dtype=np.uint8)
-    for label in sorted(by_label, key=lambda lab: lab == Label.LV_CAVITY):
-        labels[segment(by_label[label], image, structure=label).masks] = label
+def outline_frames(predictor: CardiacPredictor, frames: np.ndarray, structures: list[str]) -> np.ndarray:
+    """A label map [T, H, W] of a stack, each frame prompted with its own `auto_box` (frames
+    where none is found stay empty) and its structures painted as in `outline_lv`."""
+    predictor.set_frames(frames)
+    predictor.embed()
+    labels = np.zeros(frames.shape, dtype=np.uint8)
+    for t in range(len(frames)):
+        found = auto_box(frames[t], predictor.modality)
+        if found.box is not None:
+            _paint(labels[t], structures, [o.mask for o in predictor.predict_all(t, box=found.box)])
     return labels
+
+
+def _paint(labels: np.ndarray, structures: list[str], masks: list[np.ndarray]) -> None:
+    """Paint each structure's mask with its `PAINT` label, the anchor (first) last: it wins
+    where they overlap, so the epicardium leaves the myocardium around the cavity."""
+    for name, mask in [*zip(structures[1:], masks[1:]), (structures[0], masks[0])]:
+        if PAINT.get(name):
+            labels[mask] = PAINT[name]

@@ -17,8 +17,9 @@ DESCRIPTION = (
     "(modality and views), the ED/ES frames or slices it came from, the method and a "
     "confidence in [0, 1] (for echo: agreement of the two apical views; null when nothing "
     "checks it). Masks are the manifest's `masks` column (label values of "
-    "mmcardio.records.Label); a --segmenter RUN option that predicts them arrives with the "
-    "SAM segmenter."
+    "mmcardio.records.Label) or, with --segmenter, predicted with no user: the LV found "
+    "automatically and tracked through each cine (CT: the heart between the lungs, then the "
+    "calcified lesions on it)."
 )
 
 
@@ -30,6 +31,9 @@ def register(sub) -> None:
     )
     p.add_argument("--manifest", required=True, help="manifest file (.csv, .parquet or .jsonl)")
     p.add_argument("--study", required=True, help="study_id of the row to measure")
+    p.add_argument("--segmenter", type=Path,
+                   help="segmenter folder (a `mmcardio segment train` run's final/): predict the masks "
+                        "instead of reading the manifest's")
     p.add_argument("--out", type=Path, help="folder for the masks as NIfTI (<study>_<key>.nii.gz)")
     p.add_argument("--png", action="store_true",
                    help="also write <study>_overlay.png in --out: ED and ES frames, LV contours")
@@ -42,8 +46,8 @@ def run(args) -> int:
 
     if args.png and args.out is None:
         raise MMCardioError("--png writes into --out DIR; give --out", field="--png")
-    study = _find_study(args.manifest, args.study)
-    result = measure_study(study)
+    study = _find_study(args.manifest, args.study, need_masks=args.segmenter is None)
+    result = measure_study(study, _predicted(study, args.segmenter) if args.segmenter else None)
     summary = result.to_json()
     if args.out is not None:
         summary["files"] = {k: str(p) for k, p in write_masks(result, args.out).items()}
@@ -53,13 +57,26 @@ def run(args) -> int:
     return 0
 
 
-def _find_study(manifest: str, study_id: str):
+def _find_study(manifest: str, study_id: str, need_masks: bool):
     studies = {s.study_id: s for s in read_manifest(manifest)}
     if study_id not in studies:
         raise MMCardioError(f"no study {study_id!r} in the manifest", manifest, "study_id")
-    if not studies[study_id].masks:
-        raise MMCardioError(f"study {study_id!r} has no masks", manifest, "masks")
+    if need_masks and not studies[study_id].masks:
+        raise MMCardioError(f"study {study_id!r} has no masks; give --segmenter to predict them",
+                            manifest, "masks")
     return studies[study_id]
+
+
+def _predicted(study, folder: Path) -> dict:
+    from mmcardio.adapters.predict import predict_masks
+    from mmcardio.adapters.segmenter import Segmenters
+
+    segmenters = Segmenters(folder)
+    masks = predict_masks(study, segmenters)
+    if not masks:
+        raise MMCardioError(f"study {study.study_id!r} has no echo, CMR or CT series the segmenter "
+                            f"outlines ({sorted(segmenters.predictors)})", folder, "segmenter")
+    return masks
 
 
 def _text(summary: dict) -> str:

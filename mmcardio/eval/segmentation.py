@@ -10,6 +10,7 @@ the truth (MONAI gives NaN for the others).
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -41,7 +42,9 @@ class SegmentationScore:
         if not keep.any():
             raise MMCardioError(f"label {self.label} is nowhere in the truth", field=study_id)
         dice = self.dice(y_pred[keep], y[keep])
-        hd95 = self.hd95(y_pred[keep], y[keep], spacing=[float(s) for s in spacing])
+        with warnings.catch_warnings():  # MONAI 1.5 warns about its own internal argument
+            warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
+            hd95 = self.hd95(y_pred[keep], y[keep], spacing=[float(s) for s in spacing])
         self.dice.reset()
         self.hd95.reset()
         row = {"study_id": study_id, "modality": str(modality), "dice": float(dice.mean()),
