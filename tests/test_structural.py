@@ -73,6 +73,22 @@ def test_given_masks_replace_the_manifest_and_outputs_land_in_out_dir(cohort, tm
     assert write_overlays(result, tmp_path) == tmp_path / "S00002_overlay.png"
 
 
+def test_overlay_panels_lie_on_the_study_images_at_the_measured_frames(cohort):
+    from mmcardio.adapters.structural import _panels
+
+    root, _ = cohort
+    study = next(s for s in read_manifest(root / "manifest.csv") if s.study_id == "S00002")
+    result = measure_study(study)
+    cine = read_volume(study.cmr, modality="cmr").array
+    ef = result.measurements["cmr"]["lvef"]
+    (ed, es), z = ef.frames["cmr"], ef.slices[len(ef.slices) // 2]
+    panels = {title: (labels, image) for title, labels, image in _panels(result, study)}
+    for name, t in (("ED", ed), ("ES", es)):
+        labels, image = panels[f"cmr {name} (frame {t})"]
+        assert np.array_equal(image, cine[t, z]) and labels.shape == image.shape
+    assert all(image is not None and image.shape == labels.shape for labels, image in panels.values())
+
+
 def test_errors_name_the_file_and_field(cohort, capsys):
     root, _ = cohort
     manifest = str(root / "manifest.csv")

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from mmcardio.adapters.calcium import measure_ct
 from mmcardio.adapters.measure import measure_cmr, measure_echo
-from mmcardio.datasets.readers import read_volume
+from mmcardio.adapters.sam_preprocess import grey_frames
+from mmcardio.datasets.readers import read_for_column, read_volume
 from mmcardio.datasets.writers.nifti import write_nifti
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path
@@ -116,9 +117,9 @@ def write_masks(result: StructuralResult, out_dir: str | Path) -> dict[str, Path
     }
 
 
-def _panels(result: StructuralResult) -> list[tuple[str, np.ndarray]]:
-    """(title, 2-D label map) of the ED and ES frames of each echo view and of the CMR
-    mid-ventricular slice, at the frames the EF was measured on."""
+def _panels(result: StructuralResult, study: Study | None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(title, 2-D label map, the image frame under it or None) of the ED and ES frames of each
+    echo view and of the CMR mid-ventricular slice, at the frames the EF was measured on."""
     panels = []
     for modality in ("echo", "cmr"):
         ef = result.measurements.get(modality, {}).get("lvef")
@@ -126,23 +127,35 @@ def _panels(result: StructuralResult) -> list[tuple[str, np.ndarray]]:
             key = f"echo:{series}" if modality == "echo" else "cmr"
             labels = np.asarray(result.masks[key].array)
             z = ef.slices[len(ef.slices) // 2] if modality == "cmr" else 0
-            panels += [
-                (f"{key} {name} (frame {t})", labels[t, z]) for name, t in (("ED", ed), ("ES", es))
-            ]
+            images = _series_image(study, key) if study is not None else None
+            panels += [(f"{key} {name} (frame {t})", labels[t, z], None if images is None else images[t, z])
+                       for name, t in (("ED", ed), ("ES", es))]
     return panels
 
 
-def write_overlays(result: StructuralResult, out_dir: str | Path) -> Path | None:
+def _series_image(study: Study, key: str) -> np.ndarray | None:
+    """The study's image of a masks key as (t, z, y, x), or None when it has none."""
+    if key == "cmr":
+        return read_volume(study.cmr, modality="cmr").array if study.cmr is not None else None
+    clip = next((c for c in study.echo if f"echo:{c.view}" == key), None)
+    return None if clip is None else grey_frames(read_for_column("echo", clip.path).frames)[:, None]
+
+
+def write_overlays(result: StructuralResult, out_dir: str | Path, study: Study | None = None) -> Path | None:
     """A PNG `out_dir/<study>_overlay.png`: ED and ES frames of each echo view and the CMR
-    mid slice, LV cavity (red) and myocardium (cyan) contours; None without echo or CMR."""
-    panels = _panels(result)
+    mid slice, LV cavity (red) and myocardium (cyan) contours over the study's images (given
+    `study`; over the label map otherwise); None without echo or CMR."""
+    panels = _panels(result, study)
     if not panels:
         return None
     rows = len(panels) // 2
     fig = Figure(figsize=(6, 3 * rows))
-    for i, (title, labels) in enumerate(panels):
+    for i, (title, labels, image) in enumerate(panels):
         ax = fig.add_subplot(rows, 2, i + 1)
-        ax.imshow(labels, cmap="gray", vmin=0, vmax=max(Label), interpolation="nearest")
+        if image is not None and image.shape == labels.shape:
+            ax.imshow(image, cmap="gray", interpolation="nearest")
+        else:
+            ax.imshow(labels, cmap="gray", vmin=0, vmax=max(Label), interpolation="nearest")
         for label, colour in CONTOURS.items():
             if np.any(labels == label):
                 ax.contour(labels == label, levels=[0.5], colors=colour, linewidths=1.0)

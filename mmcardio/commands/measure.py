@@ -36,7 +36,7 @@ def register(sub) -> None:
                         "instead of reading the manifest's")
     p.add_argument("--out", type=Path, help="folder for the masks as NIfTI (<study>_<key>.nii.gz)")
     p.add_argument("--png", action="store_true",
-                   help="also write <study>_overlay.png in --out: ED and ES frames, LV contours")
+                   help="also write <study>_overlay.png in --out: ED and ES frames with the LV contours")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -52,7 +52,7 @@ def run(args) -> int:
     if args.out is not None:
         summary["files"] = {k: str(p) for k, p in write_masks(result, args.out).items()}
         if args.png:
-            summary["overlay"] = str(write_overlays(result, args.out))
+            summary["overlay"] = str(write_overlays(result, args.out, study))
     emit(summary, args.json, _text(summary))
     return 0
 

@@ -49,9 +49,9 @@ def _register_eval(actions) -> None:
         "eval", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="segment a split without a user, score the masks and the measurements made from them",
         description="Segment every study of a split that has reference masks, with no user: the "
-                    "LV box found automatically (echo: first frame; CMR: the mid slice, then "
-                    "slice by slice; CT: the heart between the lungs), then tracked through the "
-                    "cine. Scores LV cavity Dice (MONAI DiceMetric) and HD95 in mm per modality "
+                    "LV box found in the image (echo: the first frame, then each frame from the "
+                    "last one's mask; CMR: every slice and phase; CT: the heart between the lungs, "
+                    "followed through the slices). Scores LV cavity Dice (MONAI DiceMetric) and HD95 in mm per modality "
                     "(LV myocardium Dice where the segmenter outlines the epicardium), and "
                     "measures LVEF, LV mass and the Agatston score from the predicted masks "
                     "against the manifest's reference values: LVEF MAE in points, LV mass mean "
