@@ -142,7 +142,7 @@ def start_fresh(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="output folder")
-    parser.add_argument("--studies", type=int, default=720, help="phantom studies to synthesize")
+    parser.add_argument("--studies", type=int, default=800, help="phantom studies to synthesize")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "pretrain" / "tiny.yaml",
                         help="pretraining config of both stages (MAE, then alignment)")
@@ -150,7 +150,7 @@ def main() -> None:
                         help="test studies segmented and measured with no user (default 20)")
     parser.add_argument("--align-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the alignment run only (repeatable), e.g. "
-                             "--align-set epochs=40 for about twice the demo's ~315 steps")
+                             "--align-set epochs=40 for about twice the demo's ~340 steps")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
