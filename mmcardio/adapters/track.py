@@ -50,7 +50,7 @@ class AutoBox(NamedTuple):
 
 
 class Track(NamedTuple):
-    masks: np.ndarray  # bool [T, H, W] (segment_volume: [T, Z, H, W])
+    masks: np.ndarray  # bool [T, H, W]
     ious: np.ndarray   # the decoder's predicted IoU per frame (NaN where nothing was prompted)
     boxes: np.ndarray  # the box each frame was prompted with, XYXY [T, 4] ([T, Z, 4])
 
