@@ -52,7 +52,7 @@ class AutoBox(NamedTuple):
 class Track(NamedTuple):
     masks: np.ndarray  # bool [T, H, W]
     ious: np.ndarray   # the decoder's predicted IoU per frame (NaN where nothing was prompted)
-    boxes: np.ndarray  # the box each frame was prompted with, XYXY [T, 4] ([T, Z, 4])
+    boxes: np.ndarray  # the box each frame was prompted with, XYXY [T, 4]
 
 
 def auto_box(frames: np.ndarray, modality: str, structure: int = Label.LV_CAVITY,
