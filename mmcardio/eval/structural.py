@@ -19,8 +19,9 @@ from monai.metrics import DiceMetric
 
 from mmcardio.adapters.predict import predict_masks
 from mmcardio.adapters.segmenter import Segmenters
-from mmcardio.adapters.structural import measure_study, study_masks
+from mmcardio.adapters.structural import measure_study
 from mmcardio.adapters.track import PAINT
+from mmcardio.datasets.readers import read_volume
 from mmcardio.eval.segmentation import SegmentationScore
 from mmcardio.records import Label
 from mmcardio.study import Study
@@ -40,10 +41,9 @@ def box_prompted_dice(model: torch.nn.Module, studies: list[Study], modality: st
     from mmcardio.train.segment import BoxPromptedSam
 
     frames = SegmentationFrames(studies, modality, structures, image_size, frames_per_series=frames_per_series)
-    shown = range(len(frames))
     wrapped, metric = BoxPromptedSam(model, len(structures)).eval(), DiceMetric(reduction="mean")
-    for start in range(0, len(shown), batch_size):
-        items = [frames[i] for i in shown[start: start + batch_size]]
+    for start in range(0, len(frames), batch_size):
+        items = [frames[i] for i in range(start, min(start + batch_size, len(frames)))]
         batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
         logits = wrapped(batch["image"], batch["box"], batch["input_size"])[:, :1]
         upsampled = torch.nn.functional.interpolate(logits, batch["mask"].shape[-2:], mode="bilinear")
@@ -61,9 +61,10 @@ def evaluate_segmenter(studies: Iterable[Study], segmenters: Segmenters, progres
     the segmenter outlines): the summary and one row per study."""
     from tqdm import tqdm
 
+    studies = list(studies)  # walked twice: segmented here, then box-prompted in adapter_gains
     cavity, myocardium = SegmentationScore(Label.LV_CAVITY), SegmentationScore(Label.LV_MYOCARDIUM)
     rows = []
-    for study in tqdm(list(studies), desc="segment and measure", unit="study", disable=not progress):
+    for study in tqdm(studies, desc="segment and measure", unit="study", disable=not progress):
         truth = _comparable_masks(study, segmenters)
         if not truth:
             continue
@@ -86,13 +87,12 @@ def adapter_gains(segmenters: Segmenters, studies: list[Study]) -> dict:
     base alone (the model before adaptation), and the gain."""
     from mmcardio.adapters.sam import load_segmenter
 
+    scored = {m: s for m, s in segmenters.card.adapters.items() if PAINT.get(s[0]) is not None}
+    base = load_segmenter(segmenters.folder)[0] if scored else None  # ("heart" is no reference label)
     found = {}
-    for modality, structures in segmenters.card.adapters.items():
-        if PAINT.get(structures[0]) is None:
-            continue  # not a label the reference masks hold as such (e.g. "heart")
+    for modality, structures in scored.items():
         predictor = segmenters.predictor(modality)
         size = predictor.sam.image_encoder.img_size
-        base, _ = load_segmenter(segmenters.folder)
         adapted = box_prompted_dice(predictor.model, studies, modality, structures, size)
         before = box_prompted_dice(base, studies, modality, structures[:1], size)
         found[modality] = {"box_prompted_dice": adapted, "base_box_prompted_dice": before,
@@ -101,9 +101,8 @@ def adapter_gains(segmenters: Segmenters, studies: list[Study]) -> dict:
 
 
 def _comparable_masks(study: Study, segmenters: Segmenters) -> dict:
-    wanted = {m for m in segmenters.predictors}
-    keys = [k for k in study.masks if k.split(":")[0] in wanted]
-    return {k: v for k, v in study_masks(study).items() if k in keys} if keys else {}
+    """The study's reference masks of the modalities the segmenter outlines (only those read)."""
+    return {k: read_volume(path) for k, path in study.masks.items() if k.split(":")[0] in segmenters.predictors}
 
 
 def _scored_arrays(key: str, pred, ref) -> tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]:
