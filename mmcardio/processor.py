@@ -110,21 +110,40 @@ class CardioProcessor:
         "ct.volume" [1, D, H, W]; only for the modalities the study has among `modalities`
         (default: the processor's).
         """
-        cfg = self.preprocess
+        return self.prepare_records(self.read_records(study, modalities))
+
+    def read_records(self, study: Study, modalities: Iterable[str] | None = None) -> dict:
+        """The study's records as read: {"ecg": ECG, "echo": [(view, Video)] of the views the
+        model takes, "cmr": Volume, "ct": Volume}, for the modalities it has among `modalities`."""
         have = wanted_modalities(study, self.modalities if modalities is None else modalities)
-        out: dict[str, torch.Tensor] = {}
+        records: dict = {}
         if "ecg" in have:
-            out.update({f"ecg.{k}": v for k, v in prepare_ecg(read_ecg(study.ecg), cfg.ecg).items()})
+            records["ecg"] = read_ecg(study.ecg)
         if "echo" in have:
             views = [clip.view for clip in study.echo]
-            keep = choose_views(views, cfg.echo.max_views)
-            for i, clip_index in enumerate(keep):
-                out[f"echo.clip{i}"] = prepare_echo(read_video(study.echo[clip_index].path), cfg.echo)
-            out["echo.view_ids"] = torch.tensor([view_id(views[i]) for i in keep], dtype=torch.long)
+            records["echo"] = [(views[i], read_video(study.echo[i].path))
+                               for i in choose_views(views, self.preprocess.echo.max_views)]
         if "cmr" in have:
-            out["cmr.cine"] = prepare_cmr(read_volume(study.cmr, modality="cmr"), cfg.cmr)
+            records["cmr"] = read_volume(study.cmr, modality="cmr")
         if "ct" in have:
-            out["ct.volume"] = prepare_ct(read_volume(study.ct, modality="ct"), cfg.ct)
+            records["ct"] = read_volume(study.ct, modality="ct")
+        return records
+
+    def prepare_records(self, records: dict) -> dict[str, torch.Tensor]:
+        """`prepare` of records already read (as `read_records` gives them): a reader's output,
+        or a record changed on purpose (a test of what the model does with a flat-line ECG)."""
+        cfg = self.preprocess
+        out: dict[str, torch.Tensor] = {}
+        if "ecg" in records:
+            out.update({f"ecg.{k}": v for k, v in prepare_ecg(records["ecg"], cfg.ecg).items()})
+        if "echo" in records:
+            for i, (_, video) in enumerate(records["echo"]):
+                out[f"echo.clip{i}"] = prepare_echo(video, cfg.echo)
+            out["echo.view_ids"] = torch.tensor([view_id(view) for view, _ in records["echo"]], dtype=torch.long)
+        if "cmr" in records:
+            out["cmr.cine"] = prepare_cmr(records["cmr"], cfg.cmr)
+        if "ct" in records:
+            out["ct.volume"] = prepare_ct(records["ct"], cfg.ct)
         return out
 
     def sample(self, prepared: dict[str, torch.Tensor],
