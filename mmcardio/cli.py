@@ -13,7 +13,7 @@ from mmcardio.errors import MMCardioError
 
 #: Subcommand modules in `mmcardio.commands`, in the order `--help` lists them.
 COMMANDS = ("synth", "validate", "read", "prepare", "pretrain", "embed", "index", "retrieve",
-            "zeroshot", "bench", "measure", "segment")
+            "zeroshot", "bench", "measure", "segment", "label_reports", "report", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

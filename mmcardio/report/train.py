@@ -1,0 +1,351 @@
+"""Training the report head (`mmcardio report train`), with pretraining's accelerate conventions.
+
+Each training study gives one example per language it has a report in (its report and the
+manifest's `translations`): the prompt holds its measurements, the zero-shot findings of its
+embeddings and the reports of its `k_retrieved` most similar training studies of other
+patients; the target is its own report. OUT/checkpoints/step_N (written whole, then renamed),
+metrics.jsonl, config.yaml, `--resume`, run.json; OUT/final is the report-head folder
+(`bundle.ReportBundle`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mmcardio.config import save_config
+from mmcardio.errors import ConfigError
+from mmcardio.eval.prompts import FINDINGS
+from mmcardio.io import write_json
+from mmcardio.report.bundle import ReportBundle
+from mmcardio.report.config import ReportHeadConfig
+from mmcardio.report.evidence import (
+    MODALITY_KEYS,
+    STUDY_KEY,
+    Archive,
+    FindingClassifier,
+    StudyEvidence,
+    prompt_text,
+    report_sections,
+    store_embeddings,
+)
+from mmcardio.report.labeller import measured_findings
+from mmcardio.report.model import (
+    IGNORE,
+    PREFIX_KEYS,
+    ReportHead,
+    build_tiny_lm,
+    load_pretrained_lm,
+    train_tokenizer,
+)
+from mmcardio.report.quality import EmbeddingOOD
+from mmcardio.study import Study, read_manifest
+from mmcardio.train.checkpoint import (
+    TrainState,
+    append_metrics,
+    check_resume_config,
+    resolve_resume,
+    restore,
+    save_checkpoint,
+)
+from mmcardio.train.loop import Meter
+
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers")
+
+
+@dataclass
+class Example:
+    study_id: str
+    lang: str
+    section: str
+    embeddings: np.ndarray  # [len(PREFIX_KEYS), D], zeros where absent
+    present: np.ndarray  # [len(PREFIX_KEYS)] bool
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+
+def stacked_embeddings(embeddings: dict[str, np.ndarray], section: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prefix inputs in PREFIX_KEYS order: the section's exam and the fused study (every
+    exam for the impression); zeros and absent elsewhere."""
+    wanted = [k for k in PREFIX_KEYS if k in embeddings and (section in (k, "impression") or k == STUDY_KEY)]
+    vectors = np.stack([embeddings[k] if k in wanted else np.zeros(dim, np.float32) for k in PREFIX_KEYS])
+    return vectors.astype(np.float32), np.array([k in wanted for k in PREFIX_KEYS])
+
+
+def cut_tokens(tokenizer, text: str, n: int) -> str:
+    """`text` cut to its first `n` tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= n else tokenizer.decode(ids[:n])
+
+
+def encode_example(tokenizer, cfg: ReportHeadConfig, evidence: StudyEvidence, lang: str, section: str,
+                   target: str = "") -> Example:
+    """One section of one study in one language as token ids (no target when drafting); the
+    prompt holds the same section of the study's nearest archived studies in that exam."""
+    key = STUDY_KEY if section == "impression" else section
+    retrieved = [cut_tokens(tokenizer, n.text(lang, section), cfg.retrieved_tokens)
+                 for n in evidence.neighbours.get(key, [])]
+    prompt = tokenizer(prompt_text(evidence, lang, section, retrieved), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"][:cfg.max_target_tokens] if target else []
+    dim = next(iter(evidence.embeddings.values())).shape[0]
+    vectors, present = stacked_embeddings(evidence.embeddings, section, dim)
+    eos = [tokenizer.eos_token_id] if target else []
+    return Example(evidence.study_id, lang, section, vectors, present, prompt, target_ids + eos)
+
+
+def collate(examples: list[Example], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest; labels only on target tokens. Left padding for generation."""
+    rows = [e.prompt_ids + e.target_ids for e in examples]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (e, row) in enumerate(zip(examples, rows)):
+        at = width - len(row) if left else 0
+        ids[i, at: at + len(row)] = torch.tensor(row)
+        mask[i, at: at + len(row)] = 1
+        labels[i, at + len(e.prompt_ids): at + len(row)] = torch.tensor(e.target_ids, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+            "embeddings": torch.from_numpy(np.stack([e.embeddings for e in examples])),
+            "present": torch.from_numpy(np.stack([e.present for e in examples]))}
+
+
+def archive_of(studies: list[Study], embeddings: dict[str, dict[str, np.ndarray]]) -> Archive:
+    rows = [{"study_id": s.study_id, "patient_id": s.patient_id, "labels": dict(s.labels),
+             "sections": {lang: report_sections(s, lang) for lang in s.languages()}} for s in studies]
+    return Archive.build([embeddings[s.study_id] for s in studies], rows)
+
+
+def same_patient(studies: list[Study]) -> dict[str, list[str]]:
+    """study_id -> the study ids of its patient (kept out of its own retrieval)."""
+    by_patient = defaultdict(list)
+    for s in studies:
+        by_patient[s.patient_id].append(s.study_id)
+    return {s.study_id: by_patient[s.patient_id] for s in studies}
+
+
+def gather_evidence(study: Study, embeddings: dict[str, np.ndarray], classifier: FindingClassifier,
+                    archive: Archive, cfg: ReportHeadConfig, exclude: list[str],
+                    measurements: dict | None = None) -> StudyEvidence:
+    """The evidence of one study: its measurements (the manifest's unless given), per finding
+    the zero-shot probability and the share of the `k_vote` most similar archived studies
+    (outside `exclude`) that have it, and per embedding key its `k_retrieved` nearest."""
+    measurements = dict(study.measurements if measurements is None else measurements)
+    modal = {m: v for m, v in embeddings.items() if m in MODALITY_KEYS}
+    probabilities = classifier.probabilities(modal)
+    found = {key: archive.nearest(key, vector, max(cfg.k_retrieved, cfg.k_vote), exclude)
+             for key, vector in embeddings.items()}
+    votes = {}
+    for name in probabilities:
+        key = next(m for m in FINDINGS[name].modalities if m in modal)
+        said = [n.labels[name] for n in found[key][:cfg.k_vote] if name in n.labels]
+        votes[name] = float(np.mean(said)) if said else probabilities[name]
+    evidence = StudyEvidence(study.study_id, [m for m in MODALITY_KEYS if m in modal], embeddings, measurements,
+                             study.sex, probabilities, {}, {k: v[:cfg.k_retrieved] for k, v in found.items()},
+                             votes, {k: (probabilities[k] + votes[k]) / 2 for k in probabilities})
+    decide(evidence, classifier)
+    return evidence
+
+
+def decide(evidence: StudyEvidence, classifier: FindingClassifier) -> None:
+    """Which findings the draft may state as present: the measurements decide what they can
+    (LVEF < 40% is reduced EF; the heart rate sets sinus brady- or tachycardia when the
+    rhythm is not atrial fibrillation), the scores against their thresholds the rest; the
+    ECG is normal when it shows none of the other ECG findings."""
+    present = classifier.present(evidence.scores)
+    sinus = "afib" in present and not present["afib"]
+    measured = measured_findings(evidence.measurements, evidence.sex, sinus=sinus)
+    present |= {k: bool(v) for k, v in measured.items() if k in present}
+    if "normal_ecg" in present:
+        present["normal_ecg"] = not any(v for k, v in present.items() if k != "normal_ecg" and
+                                        FINDINGS[k].modalities == FINDINGS["normal_ecg"].modalities)
+    evidence.present = present
+
+
+@dataclass
+class Prepared:
+    bundle: ReportBundle
+    examples: list[Example]
+
+
+def prepare(cfg: ReportHeadConfig, manifest: str | Path, out: Path) -> Prepared:
+    """The classifier, archive, OOD check, tokenizer, LM and examples of the training studies."""
+    from mmcardio.retrieval.store import (
+        EmbeddingStore,
+        check_same_model,
+        load_model,
+        model_fingerprint,
+    )
+
+    if not cfg.clip_model or not cfg.store:
+        raise ConfigError("set clip_model (a CardioCLIP folder) and store (its `mmcardio embed` store)",
+                          field="clip_model" if not cfg.clip_model else "store")
+    fingerprint = model_fingerprint(cfg.clip_model)
+    store = EmbeddingStore.load(cfg.store)
+    check_same_model(store.model, fingerprint, cfg.store)
+    studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits and s.report]
+    if len(studies) < cfg.batch_size:
+        raise ConfigError(f"{len(studies)} reported studies in splits {cfg.train_splits}; expected at least "
+                          "batch_size", manifest)
+    embeddings = store_embeddings(store, [s.study_id for s in studies])
+    classifier = FindingClassifier.from_model(load_model(cfg.clip_model))
+    archive = archive_of(studies, embeddings)
+    ood = fit_ood(cfg, embeddings)
+    patients = same_patient(studies)
+    evidence = [gather_evidence(s, embeddings[s.study_id], classifier, archive, cfg, patients[s.study_id])
+                for s in studies]
+    classifier.fit_thresholds([e.scores for e in evidence], [s.labels for s in studies])
+    for e in evidence:
+        decide(e, classifier)
+    by_id = {e.study_id: e for e in evidence}
+    targets = [(s, lang, section, text) for s in studies for lang in cfg.languages if lang in s.languages()
+               for section, text in report_sections(s, lang).items() if section in by_id[s.study_id].sections()]
+    skeletons = [prompt_text(by_id[s.study_id], lang, section, []) for s, lang, section, _ in targets[:1000]]
+    head = _head(cfg, out, [t for *_, t in targets] + skeletons, store.model["dim"])
+    examples = [encode_example(head.tokenizer, cfg, by_id[s.study_id], lang, section, text)
+                for s, lang, section, text in targets]
+    bundle = ReportBundle(cfg, head, classifier, archive, ood, str(cfg.clip_model), fingerprint["fingerprint"],
+                          int(store.model["dim"]))
+    return Prepared(bundle, examples)
+
+
+def fit_ood(cfg: ReportHeadConfig, embeddings: dict[str, dict[str, np.ndarray]]) -> EmbeddingOOD:
+    """The embedding OOD check of each key the training studies have, with `ood_k`
+    neighbours (fewer when a key has fewer studies: a small cohort still gets a check)."""
+    by_key = {key: np.stack([e[key] for e in embeddings.values() if key in e])
+              for key in PREFIX_KEYS if any(key in e for e in embeddings.values())}
+    k = min(cfg.ood_k, min(len(v) for v in by_key.values()) - 1)
+    if k < 1:
+        raise ConfigError("the embedding OOD check needs at least 2 training studies of each modality",
+                          field="train_splits")
+    return EmbeddingOOD.fit(by_key, k=k, quantile=cfg.ood_quantile, margin=cfg.ood_margin)
+
+
+def _head(cfg: ReportHeadConfig, out: Path, texts: list[str], clip_dim: int) -> ReportHead:
+    """The LM (tiny: its tokenizer learned from `texts` once and kept in OUT/tokenizer for resumes)."""
+    if cfg.lm != "tiny":
+        lm, tokenizer = load_pretrained_lm(cfg.lm, cfg.lora_rank, cfg.lora_targets)
+        return ReportHead(lm, tokenizer, clip_dim, cfg.prefix_tokens)
+    from transformers import AutoTokenizer
+
+    folder = out / "tokenizer"
+    if folder.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    else:
+        tokenizer = train_tokenizer(texts, cfg.tiny.vocab_size)
+        tokenizer.save_pretrained(folder)
+    lm = build_tiny_lm(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return ReportHead(lm, tokenizer, clip_dim, cfg.prefix_tokens)
+
+
+def run_report_training(cfg: ReportHeadConfig, manifest: str | Path, out: str | Path,
+                        resume: str | bool | None = None, progress: bool = True) -> dict:
+    """Train, checkpoint, save OUT/final and OUT/run.json; returns the run summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    resume_from = resolve_resume(resume, out)
+    if resume_from is not None:
+        check_resume_config(out, cfg, RESUMABLE_CHANGES)
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # the main process learns and saves the tokenizer first
+        prepared = prepare(cfg, manifest, out)
+    head = prepared.bundle.head
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_cosine_schedule_with_warmup
+
+    # a prepared scheduler steps once per process per optimizer step (accelerate's convention)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps * accelerator.num_processes,
+                                                cfg.max_steps * accelerator.num_processes)
+    model, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
+    state = restore(accelerator, resume_from, out)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+    state = _train(cfg, accelerator, (model, optimizer, scheduler), prepared.examples, state, out, progress)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        prepared.bundle.head = accelerator.unwrap_model(model)
+        prepared.bundle.save(out / "final")
+        write_json(out / "run.json", _summary(cfg, accelerator, prepared, state, out))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return json.loads((out / "run.json").read_text(encoding="utf-8"))
+
+
+def _train(cfg: ReportHeadConfig, accelerator, run: tuple, examples: list[Example], state: TrainState,
+           out: Path, progress: bool) -> TrainState:
+    from tqdm import tqdm
+
+    model, optimizer, scheduler = run
+    pad = accelerator.unwrap_model(model).tokenizer.pad_token_id
+    meter = Meter([])
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="report head", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    started = time.perf_counter()
+    model.train()
+    while state.step < cfg.max_steps:
+        batches = iter(_epoch_loader(cfg, accelerator, examples, state, pad))
+        while state.step < cfg.max_steps:
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                break
+            wait = time.perf_counter() - tick
+            loss = model({k: v.to(accelerator.device) for k, v in batch.items()})
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+            state.samples += cfg.batch_size * accelerator.num_processes
+            meter.add({"loss": loss.detach(), "losses": {}}, len(batch["input_ids"]), wait)
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                record = {"step": state.step, "epoch": state.epoch, **meter.summary(accelerator),
+                          "lr": scheduler.get_last_lr()[0]}
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                append_metrics(accelerator, out, record)
+                meter.reset()
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                state.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save_checkpoint(accelerator, out, state, cfg.keep_checkpoints)
+    bar.close()
+    state.seconds += time.perf_counter() - started
+    return state
+
+
+def _epoch_loader(cfg: ReportHeadConfig, accelerator, examples: list[Example], state: TrainState,
+                  pad: int) -> DataLoader:
+    """This rank's full batches of the epoch, from the first not yet trained on."""
+    sampler = DistributedSampler(examples, accelerator.num_processes, accelerator.process_index, seed=cfg.seed)
+    sampler.set_epoch(state.epoch)
+    order = list(sampler)
+    batches = [order[b: b + cfg.batch_size] for b in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    return DataLoader(examples, batch_sampler=batches[state.batch_in_epoch:], num_workers=cfg.num_workers,
+                      collate_fn=lambda items: collate(items, pad))
+
+
+def _summary(cfg: ReportHeadConfig, accelerator, prepared: Prepared, state: TrainState, out: Path) -> dict:
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if ln]
+    head = prepared.bundle.head
+    return {"status": "finished", "lm": cfg.lm, "steps": state.step, "world_size": accelerator.num_processes,
+            "examples": len(prepared.examples),
+            "languages": sorted({e.lang for e in prepared.examples}),
+            "lm_parameters": sum(p.numel() for p in head.lm.parameters()),
+            "trainable_parameters": sum(p.numel() for p in head.parameters() if p.requires_grad),
+            "thresholds": prepared.bundle.classifier.thresholds,
+            "first_loss": lines[0]["loss"] if lines else None, "final_loss": lines[-1]["loss"] if lines else None,
+            "seconds": round(state.seconds, 2), "final": str(out / "final")}
