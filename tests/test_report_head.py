@@ -152,3 +152,44 @@ def test_a_finding_only_the_retrieved_studies_back_is_kept_for_review():
     ev = _evidence(probabilities={"afib": 0.2}, present={"afib": False}, votes={"afib": 0.3}, scores={"afib": 0.25})
     grounded = ground("ECG: atrial fibrillation.", "en", ev, {"afib": 0.5}, 0.6)
     assert grounded.sentences[0].review and grounded.log[0]["action"] == "marked for review"
+
+
+def test_a_local_llama_is_adapted_with_lora_and_drafts_after_loading(world, tmp_path):
+    """Any local causal LM folder: its weights stay frozen, LoRA and the projectors train,
+    the head folder keeps only the adapter, and it loads back onto the base to draft."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmcardio.report.draft import ReportDrafter
+    from mmcardio.report.model import train_tokenizer
+
+    root, _ = world
+    manifest = root / "cohort" / "manifest.csv"
+    tokenizer = train_tokenizer([s.report for s in read_manifest(manifest)], 300)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=1024))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    run = _run("report", "train", "--manifest", manifest, "--out", tmp_path / "head",
+               "--set", f"clip_model={root / 'clip'}", "--set", f"store={root / 'store'}",
+               "--set", f"lm={tmp_path / 'llama'}", "--set", "lora_rank=4", "--set", "max_steps=2",
+               "--set", "batch_size=4", "--set", "train_splits=[train,val]")
+    projectors = run["trainable_parameters"] - run["lora_parameters"]
+    assert 0 < run["lora_parameters"] < 0.2 * run["lm_parameters"] and projectors > 0
+    final = tmp_path / "head" / "final"
+    assert (final / "lm_adapter" / "adapter_model.safetensors").is_file() and not (final / "lm").exists()
+    study = next(s for s in read_manifest(manifest) if s.split == "test")
+    draft = ReportDrafter(final).draft(study, "en")
+    assert draft.study_id == study.study_id and (draft.abstained or draft.generated is not None)
+
+
+def test_brackets_and_clauses_with_unmeasured_numbers_are_cut_and_the_finding_kept():
+    ev = _evidence(modalities=["ecg"], probabilities={"lvh": 0.9}, present={"lvh": True}, votes={"lvh": 1.0},
+                   scores={"lvh": 0.95})
+    grounded = ground("ECG: LVH by voltage criteria (Sokolow-Lyon 4.1 mV). "
+                      "Left ventricular hypertrophy by voltage, SV1+RV5 3.8 mV. QTc 460 ms.", "en", ev,
+                      {"lvh": 0.5}, 0.6)
+    assert [s.text for s in grounded.sentences] == ["LVH by voltage criteria.",
+                                                    "Left ventricular hypertrophy by voltage."]
+    assert [e["action"] for e in grounded.log].count("cut") == 2
+    assert grounded.log[-1]["action"] == "removed" and grounded.log[-1]["sentence"] == "QTc 460 ms."

@@ -30,7 +30,7 @@ def register(sub) -> None:
                               "--lang zh --json\n"
                               "  mmcardio report train --config configs/report/tiny.yaml --manifest c/manifest.csv "
                               "--out runs/report --set clip_model=runs/demo/align/final --set store=runs/demo/store")
-    p.add_argument("--model", help="report-head folder (a `mmcardio report train` run's final/)")
+    p.add_argument("--model", help="report-head folder: a `mmcardio report train` run, or its final/")
     p.add_argument("--manifest", help="manifest holding the study")
     p.add_argument("--study", help="study_id to draft")
     p.add_argument("--lang", default="en", choices=("en", "zh"), help="draft language (default en)")

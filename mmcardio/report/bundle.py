@@ -65,6 +65,8 @@ class ReportBundle:
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ReportBundle:
         folder = Path(folder)
+        if not (folder / CARD).is_file() and (folder / "final" / CARD).is_file():  # a run folder
+            folder = folder / "final"
         if not (folder / CARD).is_file():
             raise MMCardioError(f"not a report-head folder (no {CARD}); make one with `mmcardio report train`",
                                 folder)

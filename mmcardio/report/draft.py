@@ -69,7 +69,8 @@ class ReportDraft:
         lines = [BANNER[self.lang]]
         for title, items in self.sections.items():
             lines.append(f"{title}:" if title else "")
-            lines += [f"  {'[review] ' if s.review else ''}{s.text} ({s.confidence:.2f})" for s in items]
+            lines += [f"  {'[review] ' if s.review else ''}{s.text}  [{s.confidence:.2f}: {s.cited()}]"
+                      for s in items]
         return "\n".join(line for line in lines if line)
 
     def to_json(self) -> dict:

@@ -19,7 +19,7 @@ and mark is written to the grounding log.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mmcardio.eval.prompts import FINDINGS
 from mmcardio.report.evidence import StudyEvidence
@@ -32,6 +32,9 @@ REPORTED_CONFIDENCE = 1.0
 #: Share of retrieved studies that must state a finding as the sentence does to keep a
 #: sentence the classifier does not back (it is then marked for review).
 NEIGHBOUR_SUPPORT = 0.5
+BRACKETED = re.compile(r"\s*[(（][^()（）]*[)）]")
+#: Clause breaks outside brackets (brackets are handled first): commas and semicolons.
+CLAUSE_BREAK = re.compile(r"([,，;；、]\s*)")
 
 
 @dataclass
@@ -43,6 +46,19 @@ class DraftSentence:
     evidence: list[dict] = field(default_factory=list)
     confidence: float = 1.0
     review: bool = False
+
+    def cited(self) -> str:
+        """The evidence in a few words: "lvef 35 %; afib score 0.82; S00012, S00045"."""
+        parts = []
+        for e in self.evidence:
+            if e["kind"] == "measurement":
+                parts.append(f"{e['key']} {e['value']:g} {e['unit']}" if "key" in e else
+                             f"{e['finding']} {'present' if e['measured'] else 'absent'} by measurement")
+            elif e["kind"] == "classifier":
+                parts.append(f"{e['finding']} score {e['score']:.2f}")
+            elif e["kind"] == "retrieved":
+                parts.append(", ".join(e["studies"]) or "no retrieved study")
+        return "; ".join(parts)
 
     def to_json(self) -> dict:
         return {"text": self.text, "section": self.section, "confidence": round(self.confidence, 3),
@@ -139,15 +155,17 @@ def _ground_sentence(original: str, section: str, lang: str, evidence: StudyEvid
                      thresholds: dict[str, float], neighbour_sentences: list[set[str]],
                      log: list[dict]) -> DraftSentence | None:
     checked = ground_numbers(original, evidence.measurements, lang)
-    for change in checked.changes:
-        if change["action"] != "kept":
-            log.append({"sentence": original, **change})
+    if checked.text is None:
+        checked = _cut_unsupported(original, evidence, lang, log)
+    else:
+        log += [{"sentence": original, **c} for c in checked.changes if c["action"] != "kept"]
     if checked.text is None:
         return None
     items, review = _number_evidence(evidence, list(checked.keys)), False
     for mention in _mentions(checked.text, section, lang):
         verdict, entry = check_finding(evidence, thresholds, mention.finding, mention.status)
-        items.append({**entry, "stated": mention.status})
+        if not any(e.get("finding") == mention.finding for e in items):  # one entry per finding
+            items.append({**entry, "stated": mention.status})
         if verdict == "unsupported":
             log.append({"sentence": checked.text, "action": "removed", "finding": mention.finding,
                         "stated": mention.status, "reason": _why(entry)})
@@ -164,6 +182,31 @@ def _ground_sentence(original: str, section: str, lang: str, evidence: StudyEvid
                         "reason": "no measurement, finding or retrieved report supports it"})
     confidence = min(float(e.get("confidence", 1.0)) for e in items)
     return DraftSentence(checked.text, section, items, confidence, review)
+
+
+def _cut_unsupported(sentence: str, evidence: StudyEvidence, lang: str, log: list[dict]):
+    """The sentence without the brackets and clauses whose numbers no measurement supports
+    ("LVH by voltage criteria (Sokolow-Lyon 4.1 mV)" -> "LVH by voltage criteria" when the
+    Sokolow-Lyon index was not measured), re-checked; its text is None when nothing of
+    substance is left, and the sentence is then removed."""
+    def supported(piece: str) -> bool:
+        return ground_numbers(piece, evidence.measurements, lang).text is not None
+
+    kept = BRACKETED.sub(lambda m: m.group() if supported(m.group()) else "", sentence)
+    parts = CLAUSE_BREAK.split(kept)
+    clauses = [c for c in parts[0::2] if supported(c)]
+    joined = ("，" if lang == "zh" else ", ").join(c.strip().rstrip(".。;；") for c in clauses if c.strip())
+    end = sentence.rstrip()[-1:]
+    joined += end if joined and end in ".。;；" else ""
+    checked = ground_numbers(joined, evidence.measurements, lang)
+    if checked.text is None or not _normalised(checked.text) or _normalised(checked.text) == _normalised(sentence):
+        log += [{"sentence": sentence, **c} for c in ground_numbers(sentence, evidence.measurements, lang).changes
+                if c["action"] != "kept"]
+        return replace(checked, text=None)
+    log.append({"sentence": sentence, "action": "cut", "kept": checked.text,
+                "reason": "brackets or clauses stating numbers no measurement supports were cut"})
+    log += [{"sentence": joined, **c} for c in checked.changes if c["action"] != "kept"]
+    return checked
 
 
 def _mentions(text: str, section: str, lang: str) -> list:

@@ -252,7 +252,7 @@ def run_report_training(cfg: ReportHeadConfig, manifest: str | Path, out: str | 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     resume_from = resolve_resume(resume, out)
     if resume_from is not None:
         check_resume_config(out, cfg, RESUMABLE_CHANGES)
@@ -302,7 +302,8 @@ def _train(cfg: ReportHeadConfig, accelerator, run: tuple, examples: list[Exampl
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 break
             wait = time.perf_counter() - tick
-            loss = model({k: v.to(accelerator.device) for k, v in batch.items()})
+            with accelerator.autocast():
+                loss = model({k: v.to(accelerator.device) for k, v in batch.items()})
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -346,6 +347,7 @@ def _summary(cfg: ReportHeadConfig, accelerator, prepared: Prepared, state: Trai
             "languages": sorted({e.lang for e in prepared.examples}),
             "lm_parameters": sum(p.numel() for p in head.lm.parameters()),
             "trainable_parameters": sum(p.numel() for p in head.parameters() if p.requires_grad),
+            "lora_parameters": sum(p.numel() for n, p in head.lm.named_parameters() if "lora_" in n),
             "thresholds": prepared.bundle.classifier.thresholds,
             "first_loss": lines[0]["loss"] if lines else None, "final_loss": lines[-1]["loss"] if lines else None,
             "seconds": round(state.seconds, 2), "final": str(out / "final")}
