@@ -9,15 +9,14 @@ metrics.jsonl, config.yaml, `--resume`, run.json; OUT/final is the report-head f
 """
 from __future__ import annotations
 
+import functools
 import json
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from mmcardio.config import save_config
 from mmcardio.errors import ConfigError
@@ -46,15 +45,8 @@ from mmcardio.report.model import (
 )
 from mmcardio.report.quality import EmbeddingOOD
 from mmcardio.study import Study, read_manifest
-from mmcardio.train.checkpoint import (
-    TrainState,
-    append_metrics,
-    check_resume_config,
-    resolve_resume,
-    restore,
-    save_checkpoint,
-)
-from mmcardio.train.loop import Meter
+from mmcardio.train.checkpoint import TrainState, check_resume_config, resolve_resume, restore
+from mmcardio.train.steps import epoch_loader, run_steps
 
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers")
 
@@ -284,59 +276,22 @@ def run_report_training(cfg: ReportHeadConfig, manifest: str | Path, out: str | 
 
 def _train(cfg: ReportHeadConfig, accelerator, run: tuple, examples: list[Example], state: TrainState,
            out: Path, progress: bool) -> TrainState:
-    from tqdm import tqdm
-
     model, optimizer, scheduler = run
-    pad = accelerator.unwrap_model(model).tokenizer.pad_token_id
-    meter = Meter([])
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="report head", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    started = time.perf_counter()
+    collate_fn = functools.partial(collate, pad_id=accelerator.unwrap_model(model).tokenizer.pad_token_id)
+
+    def step(batch: dict) -> torch.Tensor:
+        with accelerator.autocast():
+            loss = model({k: v.to(accelerator.device) for k, v in batch.items()})
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
     model.train()
-    while state.step < cfg.max_steps:
-        batches = iter(_epoch_loader(cfg, accelerator, examples, state, pad))
-        while state.step < cfg.max_steps:
-            tick = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                break
-            wait = time.perf_counter() - tick
-            with accelerator.autocast():
-                loss = model({k: v.to(accelerator.device) for k, v in batch.items()})
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-            state.samples += cfg.batch_size * accelerator.num_processes
-            meter.add({"loss": loss.detach(), "losses": {}}, len(batch["input_ids"]), wait)
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                record = {"step": state.step, "epoch": state.epoch, **meter.summary(accelerator),
-                          "lr": scheduler.get_last_lr()[0]}
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                append_metrics(accelerator, out, record)
-                meter.reset()
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                state.seconds += time.perf_counter() - started
-                started = time.perf_counter()
-                save_checkpoint(accelerator, out, state, cfg.keep_checkpoints)
-    bar.close()
-    state.seconds += time.perf_counter() - started
-    return state
-
-
-def _epoch_loader(cfg: ReportHeadConfig, accelerator, examples: list[Example], state: TrainState,
-                  pad: int) -> DataLoader:
-    """This rank's full batches of the epoch, from the first not yet trained on."""
-    sampler = DistributedSampler(examples, accelerator.num_processes, accelerator.process_index, seed=cfg.seed)
-    sampler.set_epoch(state.epoch)
-    order = list(sampler)
-    batches = [order[b: b + cfg.batch_size] for b in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
-    return DataLoader(examples, batch_sampler=batches[state.batch_in_epoch:], num_workers=cfg.num_workers,
-                      collate_fn=lambda items: collate(items, pad))
+    return run_steps(cfg, accelerator, lambda st: epoch_loader(cfg, accelerator, examples, st, collate_fn=collate_fn),
+                     step, scheduler, state, out, "report head", progress)
 
 
 def _summary(cfg: ReportHeadConfig, accelerator, prepared: Prepared, state: TrainState, out: Path) -> dict:

@@ -17,7 +17,6 @@ carries on the adapters of the folder it started from. Each rank takes its own s
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
 
 from mmcardio.adapters.lora import add_lora, sam_lora_config, save_lora, trainable_share
 from mmcardio.adapters.sam import (
@@ -58,13 +56,11 @@ from mmcardio.records import STRUCTURES
 from mmcardio.study import read_manifest
 from mmcardio.train.checkpoint import (
     TrainState,
-    append_metrics,
     check_resume_config,
     resolve_resume,
     restore,
-    save_checkpoint,
 )
-from mmcardio.train.loop import Meter
+from mmcardio.train.steps import epoch_loader, run_steps
 from mmcardio.weights import load_weights
 
 #: Keys that may change on resume: they do not change what is computed.
@@ -259,69 +255,24 @@ def _prepare(cfg: SegmentConfig, accelerator, manifest: str | Path) -> SegmentRu
 
 def _train(cfg: SegmentConfig, accelerator, run: SegmentRun, state: TrainState, out: Path,
            progress: bool) -> TrainState:
-    """Optimizer steps until `max_steps`, logging every `log_every` and checkpointing every
-    `checkpoint_every` steps."""
+    """Optimizer steps until `max_steps` (`steps.run_steps`); frames are fetched as
+    (frame, epoch) so each epoch draws new box jitter."""
     from accelerate.utils import send_to_device
     from monai.losses import DiceCELoss
-    from tqdm import tqdm
 
-    loss_fn, meter = DiceCELoss(sigmoid=True), Meter([])
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"segment {cfg.modality}", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    segment_start = time.perf_counter()
+    loss_fn = DiceCELoss(sigmoid=True)
+
+    def step(batch: dict) -> torch.Tensor:
+        loss = segmentation_loss(run.model, send_to_device(batch, accelerator.device), loss_fn)
+        accelerator.backward(loss)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
     run.model.train()
-    while state.step < cfg.max_steps:
-        batches = iter(_epoch_loader(cfg, accelerator, run.frames, state))
-        while state.step < cfg.max_steps:
-            tick = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                break
-            wait = time.perf_counter() - tick
-            loss = _step(accelerator, run, send_to_device(batch, accelerator.device), loss_fn)
-            state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-            state.samples += cfg.batch_size * accelerator.num_processes
-            meter.add({"loss": loss, "losses": {}}, len(batch["image"]), wait)
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                _log(accelerator, out, state, meter, run, bar)
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                state.seconds += time.perf_counter() - segment_start
-                segment_start = time.perf_counter()
-                save_checkpoint(accelerator, out, state, cfg.keep_checkpoints)
-    bar.close()
-    state.seconds += time.perf_counter() - segment_start
-    return state
-
-
-def _epoch_loader(cfg: SegmentConfig, accelerator, frames: SegmentationFrames, state: TrainState) -> DataLoader:
-    """This rank's full batches of the epoch, from the first not yet trained on; keys are
-    (frame, epoch) so each epoch draws new box jitter."""
-    sampler = DistributedSampler(frames, accelerator.num_processes, accelerator.process_index, seed=cfg.seed)
-    sampler.set_epoch(state.epoch)
-    order = [(i, state.epoch) for i in sampler]
-    batches = [order[b: b + cfg.batch_size] for b in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
-    return DataLoader(frames, batch_sampler=batches[state.batch_in_epoch:], num_workers=cfg.num_workers)
-
-
-def _step(accelerator, run: SegmentRun, batch: dict, loss_fn: nn.Module) -> torch.Tensor:
-    loss = segmentation_loss(run.model, batch, loss_fn)
-    accelerator.backward(loss)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
-
-
-def _log(accelerator, out: Path, state: TrainState, meter: Meter, run: SegmentRun, bar) -> None:
-    summary = meter.summary(accelerator)
-    record = {"step": state.step, "epoch": state.epoch, "loss": summary["loss"],
-              "samples_per_s": summary["samples_per_s"], "data_wait_share": summary["data_wait_share"],
-              "lr": run.scheduler.get_last_lr()[0]}
-    bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
-    append_metrics(accelerator, out, record)
-    meter.reset()
+    return run_steps(cfg, accelerator, lambda st: epoch_loader(cfg, accelerator, run.frames, st, keyed=True),
+                     step, run.scheduler, state, out, f"segment {cfg.modality}", progress)
 
 
 def _save_final(cfg: SegmentConfig, accelerator, run: SegmentRun, folder: Path) -> None:
