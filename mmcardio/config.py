@@ -107,6 +107,19 @@ def load_config(path: str | Path, cls: type[T], overrides: dict | None = None) -
     return from_dict(cls, data, str(path))
 
 
+def load_run_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """A run config from YAML/JSON (or the defaults), `--set key=value` items on top."""
+    data = read_mapping(path) if path else {}
+    return from_dict(cls, deep_merge(data, parse_overrides(overrides)), str(path or "<defaults>"))
+
+
+def check_fields(obj: Any, checks: Sequence[tuple[str, bool, str]]) -> None:
+    """Refuse the first (field, ok, what was expected) check that fails, naming the field and its value."""
+    for name, ok, problem in checks:
+        if not ok:
+            raise ConfigError(f"{problem}, got {getattr(obj, name)!r}", field=name)
+
+
 def save_config(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     data = to_dict(obj)

@@ -5,8 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmcardio.config import deep_merge, from_dict, parse_overrides, read_mapping
-from mmcardio.errors import ConfigError
+from mmcardio.config import check_fields, load_run_config
 from mmcardio.study import LANGUAGES
 
 
@@ -98,12 +97,9 @@ class ReportHeadConfig:
                   ("min_confidence", 0 <= self.min_confidence <= 1, "expected a value in [0, 1]"),
                   ("review_below", 0 <= self.review_below <= 1, "expected a value in [0, 1]"),
                   ("log_every", self.log_every >= 1, "expected at least 1")]
-        for name, ok, problem in checks:
-            if not ok:
-                raise ConfigError(f"{problem}, got {getattr(self, name)!r}", field=name)
+        check_fields(self, checks)
 
 
 def load_report_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ReportHeadConfig:
     """The run config from YAML/JSON (or the defaults), `--set key=value` items on top."""
-    data = read_mapping(path) if path else {}
-    return from_dict(ReportHeadConfig, deep_merge(data, parse_overrides(overrides)), str(path or "<defaults>"))
+    return load_run_config(ReportHeadConfig, path, overrides)

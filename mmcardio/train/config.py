@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmcardio.config import deep_merge, from_dict, parse_overrides, read_mapping, to_dict
+from mmcardio.config import (
+    check_fields,
+    deep_merge,
+    from_dict,
+    parse_overrides,
+    read_mapping,
+    to_dict,
+)
 from mmcardio.datasets.preprocess_config import PreprocessConfig
 from mmcardio.encoders.registry import config_path, get_config
 from mmcardio.errors import ConfigError
@@ -104,9 +111,7 @@ class PretrainConfig:
                   ("log_every", self.log_every >= 1, "expected at least 1"),
                   ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more"),
                   ("text_unit", self.text_unit in UNITS, f"expected one of {UNITS}")]
-        for name, ok, problem in checks:
-            if not ok:
-                raise ConfigError(f"{problem}, got {getattr(self, name)!r}", field=name)
+        check_fields(self, checks)
 
 
 def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:

@@ -42,13 +42,7 @@ from mmcardio.adapters.segmenter import (
     read_card,
     write_card,
 )
-from mmcardio.config import (
-    deep_merge,
-    from_dict,
-    parse_overrides,
-    read_mapping,
-    save_config,
-)
+from mmcardio.config import check_fields, load_run_config, save_config
 from mmcardio.errors import ConfigError
 from mmcardio.io import write_json
 from mmcardio.model_config import WEIGHTS_FILE
@@ -123,15 +117,12 @@ class SegmentConfig:
                   ("box_jitter", 0 <= self.box_jitter < 0.5, "expected a share of the box size in [0, 0.5)"),
                   ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more"),
                   ("log_every", self.log_every >= 1, "expected at least 1")]
-        for name, ok, problem in checks:
-            if not ok:
-                raise ConfigError(f"{problem}, got {getattr(self, name)!r}", field=name)
+        check_fields(self, checks)
 
 
 def load_segment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SegmentConfig:
     """The run config from YAML/JSON (or the defaults), `--set key=value` items on top."""
-    data = read_mapping(path) if path else {}
-    return from_dict(SegmentConfig, deep_merge(data, parse_overrides(overrides)), str(path or "<defaults>"))
+    return load_run_config(SegmentConfig, path, overrides)
 
 
 class BoxPromptedSam(nn.Module):
