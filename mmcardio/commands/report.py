@@ -10,8 +10,10 @@ DESCRIPTION = (
     "Draft a report for one study of a manifest, for a physician to review. The head (a "
     "`report train` run's final/) reads the study through its CardioCLIP: projected "
     "embeddings as prefix tokens, then a prompt with the study's measurements (the manifest's, "
-    "or with --segmenter measured from predicted masks), the zero-shot classifier's findings "
-    "and the reports of the most similar archived studies. Every sentence of the draft is tied "
+    "or with --segmenter measured from predicted masks), the findings the evidence supports "
+    "(measurement thresholds first, then the zero-shot probability averaged with the share of "
+    "similar archived studies that have the finding) and the same section of the most similar "
+    "archived reports; it writes each exam's section, then the impression. Every sentence of the draft is tied "
     "to its evidence (a measurement, a finding probability, retrieved study ids) with a "
     "confidence; a number that disagrees with the measurements is replaced by the measured "
     "value, and a finding the evidence does not support is removed or marked [review]; the "
@@ -39,7 +41,7 @@ def register(sub) -> None:
                                        "instead of using the manifest's measurements")
     add_json_flag(p)
     p.set_defaults(func=run_draft)
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions = p.add_subparsers(dest="action", metavar="[train]")
     t = actions.add_parser(
         "train", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train the report head on a manifest's reports",
