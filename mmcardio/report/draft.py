@@ -104,23 +104,16 @@ class ReportDrafter:
 
     def screen(self, study: Study, records: Mapping | None = None) -> tuple[list[str], dict[str, np.ndarray]]:
         """Reasons not to draft, and the embeddings when there are none."""
-        reasons = [f"{m} untrained_modality: this model has no {m} tower" for m in study.modalities() if m not in self.clip.modalities]
+        reasons = [f"{m} untrained_modality: this model has no {m} tower"
+                   for m in study.modalities() if m not in self.clip.modalities]
         records = dict(records) if records is not None else self.processor.read_records(study)
         as_read = {k: [video for _, video in v] if k == "echo" else v for k, v in records.items()}
         reasons += [f"{q.modality} {q.code}: {q.message}" for q in check_study_inputs(as_read)]
         if reasons:
             return reasons, {}
         embeddings = self.embed(records)
-        return self.out_of_distribution(embeddings), embeddings
-
-    def out_of_distribution(self, embeddings: Mapping[str, np.ndarray]) -> list[str]:
-        reasons = []
-        for key, vector in embeddings.items():
-            if self.bundle.ood.is_out(key, vector):
-                reasons.append(f"{key} out_of_distribution: unlike the training studies (embedding distance "
-                               f"{self.bundle.ood.score(key, vector):.3f} above the accepted "
-                               f"{self.bundle.ood.thresholds.get(key, float('nan')):.3f})")
-        return reasons
+        issues = [self.bundle.ood.check(key, vector) for key, vector in embeddings.items()]
+        return [f"{q.modality} {q.code}: {q.message}" for q in issues if q is not None], embeddings
 
     def evidence(self, study: Study, embeddings: dict[str, np.ndarray],
                  measurements: Mapping[str, Measurement] | None = None) -> StudyEvidence:
