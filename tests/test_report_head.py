@@ -118,6 +118,7 @@ def _evidence(**overrides) -> StudyEvidence:
             "present": {"afib": True, "lbbb": False, "reduced_ef": True},
             "votes": {"afib": 0.8, "lbbb": 0.0, "reduced_ef": 1.0},
             "scores": {"afib": 0.85, "lbbb": 0.05, "reduced_ef": 0.9},
+            "measured": {"reduced_ef": 1},  # as train.decide reads LVEF 35%
             "neighbours": {"study": [neighbour]}}
     return StudyEvidence(**{**base, **overrides})
 

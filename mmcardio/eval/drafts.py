@@ -113,9 +113,11 @@ def evaluate_drafts(drafter, studies: Sequence[Study], languages: Sequence[str],
 
     start, rng = time.perf_counter(), np.random.default_rng(seed)
     screened, evidence, records_of = {}, {}, {}
-    for study in tqdm(studies, desc="screen", unit="study", disable=not progress):
-        records_of[study.study_id] = drafter.processor.read_records(study)
-        reasons, embeddings = drafter.screen(study, records_of[study.study_id])
+    for i, study in enumerate(tqdm(studies, desc="screen", unit="study", disable=not progress)):
+        records = drafter.processor.read_records(study)
+        if i < ood_studies:  # kept to be corrupted below; the others are not held in memory
+            records_of[study.study_id] = records
+        reasons, embeddings = drafter.screen(study, records)
         screened[study.study_id] = reasons
         if not reasons:
             evidence[study.study_id] = drafter.evidence(study, embeddings)

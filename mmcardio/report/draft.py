@@ -119,9 +119,8 @@ class ReportDrafter:
                  measurements: Mapping[str, Measurement] | None = None) -> StudyEvidence:
         """The evidence of `study`: its measurements (the manifest's unless given), the
         classifier's findings and its archived neighbours (never itself or its patient)."""
-        exclude = [r["study_id"] for r in self.bundle.archive.rows if r["patient_id"] == study.patient_id]
         return gather_evidence(study, embeddings, self.bundle.classifier, self.bundle.archive,
-                               self.bundle.config, exclude, measurements)
+                               self.bundle.config, measurements)
 
     # -- drafting -------------------------------------------------------------------------
     def draft(self, study: Study, lang: str = "en", records: Mapping | None = None,

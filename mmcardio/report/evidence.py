@@ -146,6 +146,9 @@ class Archive:
 
         self.vectors = {k: _l2(np.asarray(v, np.float32)) for k, v in vectors.items()}
         self.members, self.rows = {k: np.asarray(v, np.int64) for k, v in members.items()}, rows
+        self.patients: dict[str, list[str]] = {}
+        for row in rows:
+            self.patients.setdefault(row["patient_id"], []).append(row["study_id"])
         self.indexes = {}
         for key, v in self.vectors.items():
             self.indexes[key] = faiss.IndexFlatIP(v.shape[1])
@@ -199,6 +202,7 @@ class StudyEvidence:
     neighbours: dict[str, list[Neighbour]]  # by key: each modality's and the study's nearest
     votes: dict[str, float] = field(default_factory=dict)  # share of similar studies with each finding
     scores: dict[str, float] = field(default_factory=dict)  # mean of probability and vote
+    measured: dict[str, int] = field(default_factory=dict)  # what the measurements decide
 
     def retrieved(self) -> list[Neighbour]:
         """Every retrieved study once, the fused study's nearest first."""

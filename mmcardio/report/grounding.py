@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from mmcardio.eval.prompts import FINDINGS
 from mmcardio.report.evidence import StudyEvidence
-from mmcardio.report.labeller import find_mentions, measured_findings
+from mmcardio.report.labeller import find_mentions
 from mmcardio.report.numbers import ground_numbers
 from mmcardio.report.text import is_header, split_sentences
 
@@ -101,8 +101,7 @@ def check_finding(evidence: StudyEvidence, thresholds: dict[str, float], finding
     if not any(m in evidence.modalities for m in FINDINGS[finding].modalities) or finding not in evidence.present:
         return "unsupported", {"kind": "modality", "finding": finding,
                                "detail": f"no {'/'.join(FINDINGS[finding].modalities)} in the study"}
-    sinus = not evidence.present.get("afib", True)
-    measured = measured_findings(evidence.measurements, evidence.sex, sinus=sinus).get(finding)
+    measured = evidence.measured.get(finding)
     if measured is not None and status != -1:
         entry = {"kind": "measurement", "finding": finding, "measured": measured, "confidence": 1.0}
         return ("supported" if measured == status else "unsupported"), entry

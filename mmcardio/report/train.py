@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,20 +113,13 @@ def archive_of(studies: list[Study], embeddings: dict[str, dict[str, np.ndarray]
     return Archive.build([embeddings[s.study_id] for s in studies], rows)
 
 
-def same_patient(studies: list[Study]) -> dict[str, list[str]]:
-    """study_id -> the study ids of its patient (kept out of its own retrieval)."""
-    by_patient = defaultdict(list)
-    for s in studies:
-        by_patient[s.patient_id].append(s.study_id)
-    return {s.study_id: by_patient[s.patient_id] for s in studies}
-
-
 def gather_evidence(study: Study, embeddings: dict[str, np.ndarray], classifier: FindingClassifier,
-                    archive: Archive, cfg: ReportHeadConfig, exclude: list[str],
-                    measurements: dict | None = None) -> StudyEvidence:
+                    archive: Archive, cfg: ReportHeadConfig, measurements: dict | None = None) -> StudyEvidence:
     """The evidence of one study: its measurements (the manifest's unless given), per finding
     the zero-shot probability and the share of the `k_vote` most similar archived studies
-    (outside `exclude`) that have it, and per embedding key its `k_retrieved` nearest."""
+    that have it, and per embedding key its `k_retrieved` nearest; never a study of its own
+    patient (itself included)."""
+    exclude = archive.patients.get(study.patient_id, [])
     measurements = dict(study.measurements if measurements is None else measurements)
     modal = {m: v for m, v in embeddings.items() if m in MODALITY_KEYS}
     probabilities = classifier.probabilities(modal)
@@ -152,8 +144,9 @@ def decide(evidence: StudyEvidence, classifier: FindingClassifier) -> None:
     ECG is normal when it shows none of the other ECG findings."""
     present = classifier.present(evidence.scores)
     sinus = "afib" in present and not present["afib"]
-    measured = measured_findings(evidence.measurements, evidence.sex, sinus=sinus)
-    present |= {k: bool(v) for k, v in measured.items() if k in present}
+    evidence.measured = {k: v for k, v in measured_findings(evidence.measurements, evidence.sex, sinus=sinus).items()
+                         if k in present}
+    present |= {k: bool(v) for k, v in evidence.measured.items()}
     if "normal_ecg" in present:
         present["normal_ecg"] = not any(v for k, v in present.items() if k != "normal_ecg" and
                                         FINDINGS[k].modalities == FINDINGS["normal_ecg"].modalities)
@@ -189,9 +182,7 @@ def prepare(cfg: ReportHeadConfig, manifest: str | Path, out: Path) -> Prepared:
     classifier = FindingClassifier.from_model(load_model(cfg.clip_model))
     archive = archive_of(studies, embeddings)
     ood = fit_ood(cfg, embeddings)
-    patients = same_patient(studies)
-    evidence = [gather_evidence(s, embeddings[s.study_id], classifier, archive, cfg, patients[s.study_id])
-                for s in studies]
+    evidence = [gather_evidence(s, embeddings[s.study_id], classifier, archive, cfg) for s in studies]
     classifier.fit_thresholds([e.scores for e in evidence], [s.labels for s in studies])
     for e in evidence:
         decide(e, classifier)
