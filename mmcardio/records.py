@@ -34,12 +34,21 @@ STRUCTURES: dict[str, tuple[Label, ...]] = {
 
 @dataclass
 class ECG:
-    """A resting ECG.
+    """An ECG: a resting 12-lead, an ambulatory (Holter) or a wearable single-lead recording,
+    or a window of one.
 
-    signal: float32 array [leads, samples] in millivolts, rows in `lead_names` order.
+    signal: float32 array [leads, samples] in millivolts, rows in `lead_names` order (standard
+        leads only, in `STANDARD_LEADS` order).
     fs: sampling frequency in Hz.
     missing_leads: standard leads the source did not contain (never zero-filled).
     derived_leads: leads computed from others (e.g. III, aVR, aVL, aVF from I and II).
+    lead_origin: how each lead came to be: "measured", "modified" (a torso-electrode lead
+        standing in for it, e.g. MLII for II), "derived", or "declared" (a channel the user
+        said was this lead); unmapped channels are listed as "unmapped".
+    extra_channels: ECG channels no standard lead matches (V4R, Frank X/Y/Z, "ECG1"), in mV,
+        by their label in the file; the model does not read them.
+    notes: what the reader decided about the channels, in words.
+    start_s: where this signal starts in the recording, in seconds (a window of a long one).
     """
 
     signal: np.ndarray
@@ -49,6 +58,10 @@ class ECG:
     derived_leads: list[str] = field(default_factory=list)
     units: str = "mV"
     source: str = ""
+    lead_origin: dict[str, str] = field(default_factory=dict)
+    extra_channels: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    start_s: float = 0.0
 
     @property
     def n_samples(self) -> int:
@@ -66,7 +79,9 @@ class ECG:
             "modality": "ecg", "source": self.source, "shape": list(self.signal.shape),
             "units": self.units, "fs_hz": self.fs, "duration_s": round(self.duration_s, 4),
             "lead_names": list(self.lead_names), "missing_leads": list(self.missing_leads),
-            "derived_leads": list(self.derived_leads),
+            "derived_leads": list(self.derived_leads), "lead_origin": dict(self.lead_origin),
+            "extra_channels": list(self.extra_channels), "notes": list(self.notes),
+            "start_s": self.start_s,
             "amplitude_mv": {"min": float(np.min(self.signal)), "max": float(np.max(self.signal))},
         }
 

@@ -20,7 +20,7 @@ __all__ = ["read", "read_ecg", "read_for_column", "read_video", "read_volume", "
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-ECG_SUFFIXES = (".hea", ".dat", ".xml", ".npy", ".csv")
+ECG_SUFFIXES = (".hea", ".dat", ".edf", ".rec", ".xml", ".npy", ".csv")
 
 
 def sniff(path: str | Path) -> str:
@@ -42,7 +42,7 @@ def sniff(path: str | Path) -> str:
         return "video"
     if name.endswith(ECG_SUFFIXES) or head.lstrip().startswith(b"<?xml"):
         return "ecg"
-    raise ReaderError("unknown file type; expected DICOM, NIfTI, WFDB, ECG XML, NumPy/CSV or a video", path)
+    raise ReaderError("unknown file type; expected DICOM, NIfTI, WFDB, EDF, ECG XML, NumPy/CSV or a video", path)
 
 
 def read_volume(path: str | Path, modality: str | None = None) -> Volume:

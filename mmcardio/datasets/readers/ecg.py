@@ -1,18 +1,25 @@
-"""ECG reader: WFDB, DICOM waveforms, GE MUSE / GE CardioSoft / HL7 aECG XML, NumPy and CSV
--> `ECG` (float32 [leads, samples] in mV, standard lead names in `STANDARD_LEADS` order).
+"""ECG reader: WFDB, EDF/EDF+, DICOM waveforms, GE MUSE / GE CardioSoft / HL7 aECG XML, Apple
+Health ECG exports, NumPy and CSV -> `ECG` (float32 [leads, samples] in mV, standard lead names
+in `STANDARD_LEADS` order), whole or a window of it.
 
-The format is chosen by content (DICOM preamble, XML root, NumPy magic), with the WFDB header
-and CSV recognised by suffix. Every lead label goes through one spelling table
-(`normalize_lead_name`); leads outside the standard twelve (V4R, X/Y/Z, V7, ...) are dropped
-(logged at INFO). Missing limb leads are derived from two of I/II/III (Einthoven, Goldberger)
-and listed in `derived_leads`; absent precordial leads are listed in `missing_leads` and are
-never rows of the signal. Nothing is resampled here.
+The format is chosen by content (DICOM preamble, XML root, NumPy magic, EDF header), with the
+WFDB header and CSV recognised by suffix. Every channel label goes through one table
+(`ecg_leads.channel_role`): standard leads as measured, Holter/telemetry leads (MLII, MV1,
+CM5...) as the standard lead they stand in for ("modified"), other ECG channels (V4R, Frank
+X/Y/Z, an "ECG1" that names no lead) kept in `extra_channels`, non-ECG signals left out; the
+choice is recorded per lead in `lead_origin` and in words in `notes`. A record with one usable
+lead reads (a wearable's lead I, a Holter's MLII). Missing limb leads are derived from two of
+I/II/III (Einthoven, Goldberger) and listed in `derived_leads`; absent precordial leads are
+listed in `missing_leads` and are never rows of the signal. Nothing is resampled here.
+
+Long recordings (Holter, hours) are read a window at a time: WFDB and EDF decode only the
+window asked for (`read_ecg(start_s=, duration_s=)`, `iter_ecg_windows`).
 """
 from __future__ import annotations
 
 import logging
 import math
-import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +27,27 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.waveforms.numpy_handler import multiplex_array
 
-from mmcardio.datasets.readers.ecg_wfdb import read_wfdb
+from mmcardio.datasets.readers.ecg_edf import edf_duration_s, read_edf
+from mmcardio.datasets.readers.ecg_leads import (
+    DECLARED,
+    DERIVED,
+    MEASURED,
+    MODIFIED,
+    UNMAPPED,
+    ChannelRole,
+    channel_role,
+    normalize_lead_name,
+)
+from mmcardio.datasets.readers.ecg_wfdb import read_wfdb, wfdb_duration_s
 from mmcardio.datasets.readers.ecg_xml import Channel, mv_per_unit, read_ecg_xml
 from mmcardio.datasets.readers.limits import require_file
 from mmcardio.errors import ReaderError
 from mmcardio.records import ECG, STANDARD_LEADS
 
-__all__ = ["EIGHT_LEADS", "SCP_ECG_LEAD_CODES", "normalize_lead_name", "read_ecg"]
+__all__ = ["EIGHT_LEADS", "SCP_ECG_LEAD_CODES", "ecg_duration_s", "iter_ecg_windows", "normalize_lead_name",
+           "read_ecg"]
 
 logger = logging.getLogger(__name__)
-
-#: The one spelling table: every accepted spelling of a standard lead, after upper-casing and
-#: removing spaces, "_" and the prefixes "MDC_ECG_", "LEAD". "C1".."C6" is the European naming
-#: of V1..V6; "DI".."DIII" the Latin-American/French naming of I..III.
-LEAD_SPELLINGS = {
-    spelling: lead
-    for lead, spellings in {
-        "I": ("I", "DI", "D1"), "II": ("II", "DII", "D2"), "III": ("III", "DIII", "D3"),
-        "aVR": ("AVR",), "aVL": ("AVL",), "aVF": ("AVF",),
-        **{f"V{i}": (f"V{i}", f"C{i}") for i in range(1, 7)},
-    }.items()
-    for spelling in spellings
-}
 
 #: SCP-ECG lead numbers (DICOM CID 3001 codes "5.6.3-9-N" and MDC "2:N" share them).
 SCP_ECG_LEAD_CODES = {"I": 1, "II": 2, "V1": 3, "V2": 4, "V3": 5, "V4": 6, "V5": 7, "V6": 8,
@@ -58,37 +64,26 @@ FLAT_PEAK_TO_PEAK_MV = 0.010  # below 10 uV on every lead there is no ECG in the
 MAX_ABS_MV = 1000.0
 #: Sampling rates an ECG can have (Holter 128 Hz, PTB-XL's 100 Hz copies, 10 kHz research).
 ECG_FS_RANGE_HZ = (25.0, 100_000.0)
-_EPONYMS = re.compile(r"\((einthoven|goldberger|wilson)\)", re.IGNORECASE)
-_PREFIXES = re.compile(r"^(MDCECG)?(LEAD)?")
+EDF_VERSION = b"0       "  # the first 8 bytes of every EDF/EDF+ header
 
 
-def normalize_lead_name(label: str) -> tuple[str, bool] | None:
-    """Standard name of a lead label and whether it is stored inverted ("-aVR"), or None when
-    the label is not one of the twelve standard leads.
+def read_ecg(path: str | Path, fs: float | None = None, min_leads: int = 1, units: str | None = None,
+             lead_map: dict[str, str] | None = None, start_s: float = 0.0,
+             duration_s: float | None = None) -> ECG:
+    """Read an ECG, or the window of `duration_s` seconds from `start_s`, as `ECG` in mV.
 
-    >>> normalize_lead_name("MDC_ECG_LEAD_AVR"), normalize_lead_name("C1"), normalize_lead_name("-aVR")
-    (('aVR', False), ('V1', False), ('aVR', True))
-    """
-    key = re.sub(r"[\s_]", "", _EPONYMS.sub("", label)).upper()
-    key = _PREFIXES.sub("", key)
-    inverted = key.startswith("-") or key.endswith("NEG")
-    key = key.removeprefix("-").removesuffix("NEG")
-    lead = LEAD_SPELLINGS.get(key)
-    return None if lead is None else (lead, inverted)
-
-
-def read_ecg(path: str | Path, fs: float | None = None, min_leads: int = 6,
-             units: str | None = None) -> ECG:
-    """Read a resting ECG as `ECG` in mV.
-
-    path: a WFDB record (the .hea, the .dat or the record stem), a DICOM ECG waveform, a GE
-        MUSE / GE CardioSoft / HL7 aECG XML, a NumPy .npy ([leads, samples] or [samples, leads],
-        12 rows in `STANDARD_LEADS` order or 8 rows in `EIGHT_LEADS` order) or a CSV with a
-        header row of lead names.
+    path: a WFDB record (the .hea, the .dat or the record stem), an EDF/EDF+ file, a DICOM ECG
+        waveform, a GE MUSE / GE CardioSoft / HL7 aECG XML, an Apple Health ECG export (CSV), a
+        NumPy .npy ([leads, samples] or [samples, leads], 12 rows in `STANDARD_LEADS` order or 8
+        rows in `EIGHT_LEADS` order) or a CSV with a header row of lead names.
     fs: sampling rate in Hz; required for NumPy/CSV, must agree with the file otherwise.
-    min_leads: fewest recorded standard leads accepted (1 for single-lead devices).
+    min_leads: fewest standard leads (recorded, modified or declared) accepted, e.g. 8 to take
+        only full resting ECGs.
     units: amplitude unit of NumPy/CSV values ("uV", "mV", "V"; default mV). Other formats
         state their units, so passing it for them is an error.
+    lead_map: {channel label: standard lead} for channels whose label names no lead ("ECG1").
+    start_s, duration_s: the window to read (duration None: to the end). WFDB and EDF decode
+        only the window; other formats (10-s resting ECGs) are read whole, then cut.
     Raises ReaderError naming the file for corrupt input, NaNs, flat lines, too few leads,
     unknown sampling rates and leads of different lengths.
     """
@@ -96,17 +91,85 @@ def read_ecg(path: str | Path, fs: float | None = None, min_leads: int = 6,
     if units is not None and kind not in ("npy", "csv"):
         raise ReaderError(f"a {kind} file states its amplitude units; units= is only for "
                           "NumPy/CSV input", path)
-    if kind == "npy":
-        channels, stated_fs = _read_numpy(path, units or "mV"), None
-    elif kind == "csv":
-        channels, stated_fs = _read_csv(path, units or "mV"), None
+    _check_window(start_s, duration_s, path)
+    if kind == "wfdb":
+        channels, stated_fs = read_wfdb(path, start_s, duration_s)
+    elif kind == "edf":
+        channels, stated_fs = read_edf(path, start_s, duration_s, lead_map)
     else:
-        channels, stated_fs = {"wfdb": read_wfdb, "dicom": _read_dicom, "xml": read_ecg_xml}[kind](path)
-    return _assemble(channels, _sampling_rate(stated_fs, fs, path), path, min_leads)
+        channels, stated_fs = _read_whole(kind, path, units)
+    rate = _sampling_rate(stated_fs, fs, path)
+    if kind not in ("wfdb", "edf"):
+        channels = _cut(channels, rate, start_s, duration_s, path)
+    ecg = _assemble(channels, rate, path, min_leads, lead_map)
+    ecg.start_s = float(start_s)
+    return ecg
+
+
+def _read_whole(kind: str, path: Path, units: str | None) -> tuple[list[Channel], float | None]:
+    if kind == "npy":
+        return _read_numpy(path, units or "mV"), None
+    if kind == "csv":
+        return _read_csv(path, units)
+    return {"dicom": _read_dicom, "xml": read_ecg_xml}[kind](path)
+
+
+def _check_window(start_s: float, duration_s: float | None, path: Path) -> None:
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise ReaderError(f"expected a window start >= 0 s, got {start_s}", path, "start_s")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ReaderError(f"expected a window duration > 0 s, got {duration_s}", path, "duration_s")
+
+
+def _cut(channels: list[Channel], fs: float, start_s: float, duration_s: float | None,
+         path: Path) -> list[Channel]:
+    if start_s == 0 and duration_s is None:
+        return channels
+    first = round(start_s * fs)
+    length = len(channels[0].values_mv) if channels else 0
+    if first >= length:
+        raise ReaderError(f"the window starts at {start_s:g} s, after the recording's end ({length / fs:g} s)",
+                          path, "start_s")
+    last = None if duration_s is None else first + round(duration_s * fs)
+    return [Channel(c.label, c.values_mv[first:last]) for c in channels]
+
+
+def ecg_duration_s(path: str | Path, fs: float | None = None) -> float:
+    """A recording's length in seconds: from the header alone for WFDB and EDF."""
+    kind, path = _detect_format(Path(path))
+    if kind == "wfdb":
+        return wfdb_duration_s(path)
+    if kind == "edf":
+        return edf_duration_s(path)
+    return read_ecg(path, fs=fs).duration_s
+
+
+def window_starts(duration_s: float, window_s: float, hop_s: float | None = None) -> list[float]:
+    """Starts of `window_s` windows every `hop_s` (default: back to back) covering a recording of
+    `duration_s`; the last ends at the recording's end, so no tail is left out or padded."""
+    if window_s <= 0 or (hop_s is not None and hop_s <= 0):
+        raise ReaderError(f"expected a window and a hop > 0 s, got {window_s} and {hop_s}", field="window_s")
+    if duration_s <= window_s:
+        return [0.0]
+    hop = hop_s or window_s
+    starts = list(np.arange(0.0, duration_s - window_s + 1e-9, hop))
+    if starts[-1] + window_s < duration_s - 1e-9:
+        starts.append(duration_s - window_s)
+    return [float(s) for s in starts]
+
+
+def iter_ecg_windows(path: str | Path, window_s: float, hop_s: float | None = None,
+                     **read_kwargs) -> Iterator[ECG]:
+    """A long recording as `ECG` windows (`window_starts`), each read on its own: WFDB and EDF
+    decode only that window, so a 24-hour Holter never sits in memory whole. `read_kwargs`
+    are `read_ecg`'s (fs, lead_map, min_leads, units)."""
+    duration = ecg_duration_s(path, fs=read_kwargs.get("fs"))
+    for start in window_starts(duration, window_s, hop_s):
+        yield read_ecg(path, start_s=start, duration_s=window_s, **read_kwargs)
 
 
 def _detect_format(path: Path) -> tuple[str, Path]:
-    """("wfdb" | "dicom" | "xml" | "npy" | "csv", the path to read)."""
+    """("wfdb" | "edf" | "dicom" | "xml" | "npy" | "csv", the path to read)."""
     if not path.exists():
         header = path.with_name(path.name + ".hea")
         if header.exists():  # a WFDB record stem
@@ -126,11 +189,13 @@ def _detect_format(path: Path) -> tuple[str, Path]:
         return "dicom", path
     if head.startswith(b"\x93NUMPY"):
         return "npy", path
+    if head.startswith(EDF_VERSION) or suffix in (".edf", ".rec"):
+        return "edf", path
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
         return "xml", path
     if suffix == ".csv":
         return "csv", path
-    raise ReaderError("unknown ECG file type; expected WFDB (.hea/.dat), DICOM waveform, "
+    raise ReaderError("unknown ECG file type; expected WFDB (.hea/.dat), EDF, DICOM waveform, "
                       "MUSE/CardioSoft/aECG XML, NumPy .npy or CSV", path)
 
 
@@ -248,26 +313,61 @@ def _read_numpy(path: Path, units: str) -> list[Channel]:
     return [Channel(name, row.astype(np.float64) * scale) for name, row in zip(names, signal)]
 
 
-def _read_csv(path: Path, units: str) -> list[Channel]:
-    """A header row of lead names, then one row per sample (delimiter , ; or tab)."""
+def _read_csv(path: Path, units: str | None) -> tuple[list[Channel], float | None]:
+    """A header row of lead names, then one row per sample (delimiter , ; or tab); or an Apple
+    Health ECG export (metadata rows, then one sample per row)."""
     try:
         lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError as err:
         raise ReaderError(f"not a text CSV ({err})", path) from None
     if len(lines) < 2:
         raise ReaderError("CSV needs a header row of lead names and at least one row of samples", path)
+    if _is_apple_health(lines):
+        if units is not None:
+            raise ReaderError("an Apple Health export states its unit; units= is only for plain CSV", path)
+        return _read_apple_health(lines, path)
     delimiter = next((d for d in (",", ";", "\t") if d in lines[0]), ",")
     labels = [cell.strip().strip('"') for cell in lines[0].split(delimiter)]
     if all(_is_number(label) for label in labels):
         raise ReaderError("CSV has no header row of lead names", path)
-    try:
-        data = np.loadtxt(lines[1:], delimiter=delimiter, ndmin=2, dtype=np.float64)
-    except ValueError as err:
-        raise ReaderError(f"malformed CSV ({err})", path) from None
+    data = _numbers(lines[1:], delimiter, path)
     if data.shape[1] != len(labels):
         raise ReaderError(f"{data.shape[1]} columns of samples but {len(labels)} header names", path)
-    scale = mv_per_unit(units, path, "units")
-    return [Channel(label, data[:, i] * scale) for i, label in enumerate(labels)]
+    scale = mv_per_unit(units or "mV", path, "units")
+    return [Channel(label, data[:, i] * scale) for i, label in enumerate(labels)], None
+
+
+#: Metadata rows of an Apple Health ECG export (apple_health_export/electrocardiograms/*.csv).
+APPLE_HEALTH_KEYS = ("Sample Rate", "Lead", "Unit")
+
+
+def _is_apple_health(lines: list[str]) -> bool:
+    keys = {line.split(",", 1)[0].strip().strip('"') for line in lines[:20]}
+    return all(key in keys for key in APPLE_HEALTH_KEYS)
+
+
+def _read_apple_health(lines: list[str], path: Path) -> tuple[list[Channel], float]:
+    """The export's one lead (Apple Watch records lead I) at its "Sample Rate" (e.g. "512
+    hertz") in its "Unit" (µV). Identifying rows (Name, Date of Birth) are not read."""
+    first = next((i for i, line in enumerate(lines) if _is_number(line.split(",")[0].strip())), None)
+    if first is None:
+        raise ReaderError("the Apple Health export holds no samples", path)
+    meta = {}
+    for line in lines[:first]:
+        key, _, value = line.partition(",")
+        meta[key.strip().strip('"')] = value.strip().strip('"')
+    rate = meta["Sample Rate"].split()[0] if meta["Sample Rate"] else ""
+    if not _is_number(rate):
+        raise ReaderError(f"expected a rate like '512 hertz', got {meta['Sample Rate']!r}", path, "Sample Rate")
+    data = _numbers([line.split(",")[0] for line in lines[first:]], ",", path)
+    return [Channel(meta["Lead"], data[:, 0] * mv_per_unit(meta["Unit"], path, "Unit"))], float(rate)
+
+
+def _numbers(lines: list[str], delimiter: str, path: Path) -> np.ndarray:
+    try:
+        return np.loadtxt(lines, delimiter=delimiter, ndmin=2, dtype=np.float64)
+    except ValueError as err:
+        raise ReaderError(f"malformed CSV ({err})", path) from None
 
 
 def _is_number(text: str) -> bool:
@@ -280,38 +380,63 @@ def _is_number(text: str) -> bool:
 
 # --- assembly: names, checks, derivation ------------------------------------------------------------
 
-def _assemble(channels: list[Channel], fs: float, path: Path, min_leads: int) -> ECG:
-    leads = _standard_leads(channels, path)
-    _check_finite(leads, path)
-    _check_lengths(leads, path)
+def _assemble(channels: list[Channel], fs: float, path: Path, min_leads: int,
+              lead_map: dict[str, str] | None) -> ECG:
+    _check_declared(lead_map, path)
+    leads, roles, extra, notes = _sort_channels(channels, path, lead_map)
+    _check_finite({**leads, **extra}, path)
+    _check_lengths({**leads, **extra}, path)
     _check_lead_count(leads, min_leads, path)
     _check_not_flat(leads, path)
     derived = _derive_limb_leads(leads)
     names = [name for name in STANDARD_LEADS if name in leads]
+    origin = {name: roles[name].origin if name in roles else DERIVED for name in names}
     return ECG(
         signal=np.stack([leads[name] for name in names]).astype(np.float32),
         fs=fs, lead_names=names,
         missing_leads=[name for name in STANDARD_LEADS if name not in leads],
         derived_leads=derived, units="mV", source=str(path),
+        lead_origin={**origin, **{label: UNMAPPED for label in extra}},
+        extra_channels={label: values.astype(np.float32) for label, values in extra.items()},
+        notes=notes,
     )
 
 
-def _standard_leads(channels: list[Channel], path: Path) -> dict[str, np.ndarray]:
-    """Standard lead name -> samples in mV (inverted leads flipped); other channels dropped."""
+def _check_declared(lead_map: dict[str, str] | None, path: Path) -> None:
+    unknown = sorted(lead for lead in (lead_map or {}).values() if lead not in STANDARD_LEADS)
+    if unknown:
+        raise ReaderError(f"declared leads {unknown} are not standard leads {list(STANDARD_LEADS)}", path, "lead_map")
+
+
+def _sort_channels(channels: list[Channel], path: Path, lead_map: dict[str, str] | None,
+                   ) -> tuple[dict[str, np.ndarray], dict[str, ChannelRole], dict[str, np.ndarray], list[str]]:
+    """Standard lead -> samples in mV (inverted leads flipped) and the role that gave it;
+    unmapped ECG channels by label; notes. A lead given twice keeps the measured channel."""
     leads: dict[str, np.ndarray] = {}
-    dropped = []
+    roles: dict[str, ChannelRole] = {}
+    extra: dict[str, np.ndarray] = {}
+    notes, dropped = [], []
+    rank = {MEASURED: 0, DECLARED: 1, MODIFIED: 2}
     for channel in channels:
-        named = normalize_lead_name(channel.label)
-        if named is None or named[0] in leads:
+        role = channel_role(channel.label, lead_map)
+        if role is None:
             dropped.append(channel.label)
-            continue
-        name, inverted = named
-        leads[name] = -channel.values_mv if inverted else channel.values_mv
-    if not leads:
-        raise ReaderError(f"no standard ECG lead among the channels {[c.label for c in channels]}", path)
+        elif role.lead is None:
+            extra[channel.label] = channel.values_mv
+            notes.append(role.note)
+        elif role.lead in roles and rank[roles[role.lead].origin] <= rank[role.origin]:
+            notes.append(f"{channel.label}: lead {role.lead} is already read from {roles[role.lead].label}; left out")
+        else:
+            leads[role.lead] = -channel.values_mv if role.inverted else channel.values_mv
+            roles[role.lead] = role
+    notes += [roles[lead].note for lead in STANDARD_LEADS if lead in roles and roles[lead].note]
     if dropped:
-        logger.info("%s: dropped non-standard or repeated channels %s", path, dropped)
-    return leads
+        logger.info("%s: left out channels that are no ECG %s", path, dropped)
+    if not leads:
+        hint = f" ({'; '.join(notes)})" if notes else ""
+        raise ReaderError(f"no channel is a standard ECG lead or a modified one among {[c.label for c in channels]}"
+                          f"{hint}", path, "lead_map" if extra else None)
+    return leads, roles, extra, notes
 
 
 def _check_finite(leads: dict[str, np.ndarray], path: Path) -> None:
@@ -339,8 +464,8 @@ def _check_lead_count(leads: dict[str, np.ndarray], min_leads: int, path: Path) 
     if len(leads) >= max(min_leads, 1):
         return
     names = [name for name in STANDARD_LEADS if name in leads]
-    raise ReaderError(f"{len(names)} leads ({', '.join(names)}): a 12-lead reader needs at least "
-                      f"{min_leads} recorded leads; pass min_leads=1 for single-lead devices", path)
+    raise ReaderError(f"{len(names)} leads ({', '.join(names)}), fewer than the {min_leads} asked for "
+                      "(min_leads)", path, "min_leads")
 
 
 def _check_not_flat(leads: dict[str, np.ndarray], path: Path) -> None:

@@ -43,10 +43,18 @@ class Channel:
     values_mv: np.ndarray
 
 
+def _unit_key(unit: str) -> str:
+    key = unit.strip().lower()
+    return key[:-1] if key.endswith("volts") else key
+
+
+def is_voltage(unit: str) -> bool:
+    return _unit_key(unit) in MV_PER_UNIT
+
+
 def mv_per_unit(unit: str, path: str | Path, field: str) -> float:
     """Millivolts per `unit` ("uV", "MICROVOLTS", "mV", "V", ...); ReaderError if not a voltage."""
-    key = unit.strip().lower()
-    key = key[:-1] if key.endswith("volts") else key
+    key = _unit_key(unit)
     if key not in MV_PER_UNIT:
         raise ReaderError(f"amplitude unit {unit!r} is not a voltage (expected uV, mV or V)",
                           path, field)
