@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,9 @@ COLUMNS = ("study_id", "patient_id", "split", "ecg", "echo", "cmr", "ct", "masks
            "reports", "report_lang", "translations", "age", "sex", "labels", "measurements")
 REQUIRED = ("study_id", "patient_id")
 SPLITS = ("train", "val", "test")
-#: Report languages, the one list of the package (manifests, prompts, phantom reports, bench).
+#: Languages the package writes and reads reports in (prompts, labeller, phantom reports,
+#: report head, bench). A manifest's reports may be in any language (`is_language_code`):
+#: PTB-XL's are mostly German; the text tower aligns them, the labeller and prompts do not.
 LANGUAGES = ("en", "zh")
 SEXES = ("F", "M")
 #: Environment variable naming a folder that every manifest's files must lie in.
@@ -341,6 +344,11 @@ def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
     return path
 
 
+def is_language_code(lang: str) -> bool:
+    """An ISO 639-1 language code as manifests write it ("en", "zh", "de")."""
+    return re.fullmatch(r"[a-z]{2}", lang) is not None
+
+
 def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
     """The checks of parsed row `i` (`seen`: study_id -> first row, extended here)."""
     out = []
@@ -350,8 +358,9 @@ def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
         seen[study.study_id] = i
     if study.split not in SPLITS:
         out.append(Problem(i, "split", None, f"expected one of {SPLITS}, got {study.split!r}"))
-    if study.report_lang not in LANGUAGES:
-        out.append(Problem(i, "report_lang", None, f"expected one of {LANGUAGES}, got {study.report_lang!r}"))
+    if not is_language_code(study.report_lang):
+        out.append(Problem(i, "report_lang", None, f"expected an ISO 639-1 code (lower case, e.g. "
+                           f"{', '.join(LANGUAGES)}, de), got {study.report_lang!r}"))
     if study.sex is not None and study.sex not in SEXES:
         out.append(Problem(i, "sex", None, f"expected F or M, got {study.sex!r}"))
     if study.age is not None and not 0 <= study.age <= 120:
@@ -366,8 +375,8 @@ def _row_problems(study: Study, i: int, seen: dict[str, int]) -> list[Problem]:
         if key not in known:
             out.append(Problem(i, "reports", None, f"key {key!r}: expected a modality, one of {known}"))
     for lang, texts in study.translations.items():
-        if lang not in LANGUAGES or lang == study.report_lang:
-            out.append(Problem(i, "translations", None, f"language {lang!r}: expected one of {LANGUAGES} "
+        if not is_language_code(lang) or lang == study.report_lang:
+            out.append(Problem(i, "translations", None, f"language {lang!r}: expected an ISO 639-1 code "
                                f"other than the report's ({study.report_lang!r})"))
         for key in sorted(set(texts) - {"report", *known}):
             out.append(Problem(i, "translations", None, f"{lang}: key {key!r}: expected \"report\" or a "

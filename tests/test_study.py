@@ -100,7 +100,7 @@ GOOD = {"study_id": "s0", "patient_id": "p0", "split": "train", "ecg": "s0.hea",
 
 @pytest.mark.parametrize(("column", "value", "expected"), [
     ("split", "Train", "expected one of ('train', 'val', 'test'), got 'Train'"),
-    ("report_lang", "EN", "expected one of ('en', 'zh'), got 'EN'"),
+    ("report_lang", "EN", "expected an ISO 639-1 code (lower case, e.g. en, zh, de), got 'EN'"),
     ("sex", "X", "expected F or M, got 'X'"),
     ("age", "130", "expected years in [0, 120], got 130.0"),
     ("age", "old", "expected years as a number, got 'old'"),
@@ -172,7 +172,7 @@ def test_validate_lists_every_problem_without_stopping(tmp_path):
     (tmp_path / "m.csv").write_text(
         "study_id,patient_id,split,ecg,report_lang,sex,labels\n"
         "a,1,train,missing.hea,en,F,{}\n"
-        "a,2,dev,,fr,X,\"{\"\"afib\"\": 2}\"\n"
+        "a,2,dev,,French,X,\"{\"\"afib\"\": 2}\"\n"
         ",3,train,x.hea,en,M,{}\n"
         "b,4,train,x.hea,en,M,{not json}\n"
     )
