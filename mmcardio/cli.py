@@ -12,7 +12,7 @@ from typing import Any
 from mmcardio.errors import MMCardioError
 
 #: Subcommand modules in `mmcardio.commands`, in the order `--help` lists them.
-COMMANDS = ("synth", "validate", "read", "prepare", "pretrain", "embed", "index", "retrieve",
+COMMANDS = ("synth", "manifest", "validate", "read", "prepare", "pretrain", "embed", "index", "retrieve",
             "zeroshot", "bench", "measure", "segment", "label_reports", "report", "eval")
 
 

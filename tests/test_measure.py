@@ -248,3 +248,14 @@ def test_ct_cites_the_slices_of_the_counted_lesions_and_serialises_plainly():
         "value": 30.0,
         "unit": "AU",
     }
+
+
+def test_cmr_phases_without_labels_are_not_end_systole():
+    """ACDC and M&Ms label only ED and ES: the empty phases between are no 0-mL cavity."""
+    mask, _ = voxelized_cine((8.0, 1.5, 1.5))
+    labelled = measure_cmr(mask)
+    padded = np.zeros((5, *mask.array.shape[1:]), dtype=mask.array.dtype)
+    padded[1], padded[3] = mask.array[0], mask.array[1]
+    out = measure_cmr(Volume(padded, mask.spacing_mm, units="label", modality="cmr"))
+    assert out["lvef"].frames == {"cmr": (1, 3)}
+    assert out["lvesv"].value == labelled["lvesv"].value and out["lvef"].value == labelled["lvef"].value

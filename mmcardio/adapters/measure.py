@@ -190,15 +190,19 @@ def _cmr(
 
 def measure_cmr(mask: Volume) -> dict[str, StructuralMeasurement]:
     """LV volumes, EF, mass and mid-ventricular wall thickness, and RVEDV, from a short-axis
-    cine label map (t, z, y, x) whose z spacing is the slice spacing (thickness + gap). Each
-    result cites the phases (ED, ES) and slices it came from."""
+    cine label map (t, z, y, x) whose z spacing is the slice spacing (thickness + gap); phases
+    without an LV cavity count as unlabelled. Each result cites the phases (ED, ES) and slices
+    it came from."""
     labels = _cmr_labels(mask)
     dz, dy, dx = (float(s) for s in mask.spacing_mm)
     voxel_ml = dz * dy * dx / 1000.0
     lv = np.count_nonzero(labels == Label.LV_CAVITY, axis=(1, 2, 3)) * voxel_ml
     if not lv.any():
         raise MMCardioError("no LV cavity (label 1) in any phase", mask.source, "cmr")
-    ed, es = int(np.argmax(lv)), int(np.argmin(lv))
+    # ES among the phases that show a cavity: public datasets (ACDC, M&Ms) label only ED and ES,
+    # and an unlabelled phase is not a cavity of 0 mL
+    labelled = np.flatnonzero(lv > 0)
+    ed, es = int(np.argmax(lv)), int(labelled[np.argmin(lv[labelled])])
     discs = "disk summation (slice areas x slice spacing)"
     cavity = {p: _slices_with(labels[p], Label.LV_CAVITY) for p in (ed, es)}
     ef = ejection_fraction(float(lv[ed]), float(lv[es])).value

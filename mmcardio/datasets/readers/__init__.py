@@ -12,7 +12,7 @@ from mmcardio.datasets.readers.dicom_series import read_dicom_series
 from mmcardio.datasets.readers.ecg import read_ecg
 from mmcardio.datasets.readers.limits import require_file
 from mmcardio.datasets.readers.nifti import read_nifti
-from mmcardio.datasets.readers.video import read_video
+from mmcardio.datasets.readers.video import is_image_sequence, read_video
 from mmcardio.errors import ReaderError
 from mmcardio.records import ECG, Video, Volume
 
@@ -32,6 +32,8 @@ def sniff(path: str | Path) -> str:
         return "volume"
     require_file(path)
     name = path.name.lower()
+    if is_image_sequence(path):  # MetaImage, and NIfTI named as CAMUS's 2-D+time sequences
+        return "video"
     if name.endswith(NIFTI_SUFFIXES):
         return "volume"
     with open(path, "rb") as fh:
