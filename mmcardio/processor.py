@@ -15,7 +15,8 @@ model takes (centred, or random with the training augmentations when given a gen
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,14 @@ class CardioProcessor:
         self.text = text
 
     @classmethod
-    def from_model(cls, model: Any) -> CardioProcessor:
+    def from_model(cls, model: Any, ecg_leads: Sequence[str] | None = None) -> CardioProcessor:
         """The processor of a `CardioCLIP`: its stored preprocessing, its towers' modalities
-        and its text tower's tokenizer (shared, so a vocabulary the model learns is used)."""
-        return cls(model.config.preprocess, model.modalities, model.text)
+        and its text tower's tokenizer (shared, so a vocabulary the model learns is used).
+        ecg_leads: give the ECG tower only these leads (`ECGPreprocess.leads`)."""
+        preprocess = as_preprocess(model.config.preprocess)
+        if ecg_leads is not None:
+            preprocess = replace(preprocess, ecg=replace(preprocess.ecg, leads=list(ecg_leads)))
+        return cls(preprocess, model.modalities, model.text)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> CardioProcessor:

@@ -329,3 +329,53 @@ def test_a_bad_prompt_file_is_refused_naming_file_and_field_before_any_work(worl
 
 def test_the_default_prompt_set_round_trips_through_its_file_form():
     assert prompts_from_dict(load_yaml(dump_yaml(default_prompts().to_dict()))) == default_prompts()
+
+
+def test_a_lead_subset_embeds_as_another_model_with_the_other_leads_masked(world, store, tmp_path, capsys):
+    manifest = world / "cohort" / "manifest.csv"
+    summary = _run(capsys, "embed", "--model", world / "model", "--manifest", manifest,
+                   "--out", tmp_path / "lead_I", "--ecg-leads", "I")
+    lead_i = EmbeddingStore.load(tmp_path / "lead_I")
+    assert lead_i.model["ecg_leads"] == ["I"] and summary["fingerprint"] != store.model["fingerprint"]
+    model = create_model(world / "model").eval()
+    study = read_manifest(manifest)[0]
+    inputs = CardioProcessor.from_model(model)(study)["ecg"]
+    assert bool(inputs["lead_mask"].all())
+    only_i = {"signal": inputs["signal"][None], "lead_mask": torch.zeros(1, 12, dtype=torch.bool)}
+    only_i["lead_mask"][0, 0] = True
+    with torch.inference_mode():
+        expected = model.encode("ecg", only_i)[0].numpy()
+    got, _ = lead_i.select("ecg", study_ids=[study.study_id])
+    np.testing.assert_allclose(got[0], expected, atol=1e-4)
+    twelve, _ = store.select("ecg", study_ids=[study.study_id])
+    assert float(got[0] @ twelve[0]) < 0.9999  # the tower saw less
+    assert main(["embed", "--model", str(world / "model"), "--manifest", str(manifest),
+                 "--out", str(world / "store"), "--ecg-leads", "I"]) == 2  # a 12-lead store is refused
+    assert "cannot be mixed" in capsys.readouterr().err
+
+
+def test_a_long_recording_embeds_window_by_window(world, tmp_path, capsys):
+    import wfdb
+
+    from mmcardio.datasets.readers.ecg import read_ecg
+    from mmcardio.datasets.transforms import crop_or_pad, prepare_ecg
+    from mmcardio.retrieval.recording import RecordingEmbeddings
+
+    t = np.arange(65 * 360) / 360
+    signal = np.stack([np.exp(-((t % 0.8) - 0.3) ** 2 / 2e-4), 0.5 * np.sin(2 * np.pi * t)], axis=1)
+    wfdb.wrsamp("rec", fs=360, units=["mV", "mV"], sig_name=["MLII", "V1"], p_signal=signal,
+                fmt=["212", "212"], adc_gain=[200.0, 200.0], baseline=[1024, 1024], write_dir=str(tmp_path))
+    summary = _run(capsys, "embed", "--model", world / "model", "--recording", tmp_path / "rec.hea",
+                   "--out", tmp_path / "rec.npz", "--window-s", 10)
+    assert summary["windows"] == 7 and summary["lead_origin"] == {"II": "modified", "V1": "measured"}
+    embedded = RecordingEmbeddings.load(tmp_path / "rec.npz")
+    np.testing.assert_allclose(embedded.start_s, [0, 10, 20, 30, 40, 50, 55])
+    model = create_model(world / "model").eval()
+    cfg = CardioProcessor.from_model(model).preprocess.ecg
+    window = prepare_ecg(read_ecg(tmp_path / "rec.hea", start_s=55.0, duration_s=10.0), cfg)
+    with torch.inference_mode():
+        expected = model.encode("ecg", {"signal": crop_or_pad(window["signal"], cfg.samples)[None],
+                                        "lead_mask": window["lead_mask"][None]})[0].numpy()
+    np.testing.assert_allclose(embedded.vectors[-1], expected, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(embedded.vectors, axis=1), 1.0, atol=1e-5)
+    assert abs(float(np.linalg.norm(embedded.mean())) - 1.0) < 1e-6

@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="studies per forward pass when embedding")
     p.add_argument("--cache", help="a `mmcardio prepare` folder to read studies from when embedding")
+    p.add_argument("--ecg-leads", type=lead_list, metavar="LEADS",
+                   help="give the ECG tower only these leads, comma-separated (e.g. I, or I,II): the "
+                        "model as a single-lead or limb-lead device would use it; use its own --out or --store")
     p.add_argument("--top-k", type=int, help="regression: mean of the k most similar values instead of "
                                              "the softmax-weighted mean")
 
@@ -56,7 +59,21 @@ def evaluate(args, accelerator=None) -> dict:
     return evaluate_zeroshot(args.model, args.manifest, args.out, split=args.split, store=args.store,
                              prompts=prompts, n_bootstrap=args.bootstrap, seed=args.seed,
                              batch_size=args.batch_size, regression_top_k=args.top_k, cache=args.cache,
+                             ecg_leads=args.ecg_leads,
                              progress=not getattr(args, "json", False), accelerator=accelerator)
+
+
+def lead_list(text: str) -> list[str]:
+    """["I", "II"] from "I,II" (standard lead names, as `records.STANDARD_LEADS` spells them)."""
+    from argparse import ArgumentTypeError
+
+    from mmcardio.records import STANDARD_LEADS
+
+    leads = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [lead for lead in leads if lead not in STANDARD_LEADS]
+    if unknown or not leads:
+        raise ArgumentTypeError(f"expected leads among {', '.join(STANDARD_LEADS)}, got {text!r}")
+    return leads
 
 
 def fmt(value: float | None) -> str:

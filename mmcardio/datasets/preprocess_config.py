@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from mmcardio.config import from_dict
 from mmcardio.errors import ConfigError
+from mmcardio.records import STANDARD_LEADS
 
 
 @dataclass
@@ -33,11 +34,20 @@ class ECGPreprocess:
     notch_hz: float | None = None  # 50 or 60 (mains); None = no notch
     notch_quality: float = 30.0
     standardize: bool = False  # per-lead z-score; False keeps millivolts
+    #: The leads the model is given (None: every lead the record has); the others are masked
+    #: as if the record lacked them. Set at evaluation (`--ecg-leads I`) to run a 12-lead model
+    #: as a single-lead or a limb-lead one.
+    leads: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.windows < 1:
             raise ConfigError(f"expected at least 1 inference window, got {self.windows}",
                               field="preprocess.ecg.windows")
+        if self.leads is not None:
+            unknown = [lead for lead in self.leads if lead not in STANDARD_LEADS]
+            if unknown or not self.leads:
+                raise ConfigError(f"expected standard leads among {list(STANDARD_LEADS)}, got {self.leads}",
+                                  field="preprocess.ecg.leads")
 
 
 @dataclass

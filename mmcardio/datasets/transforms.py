@@ -74,8 +74,8 @@ def prepare_ecg(ecg: ECG, cfg: ECGPreprocess) -> dict[str, torch.Tensor]:
     """Full-length ECG at `cfg.fs`, filtered, in the 12 standard rows.
 
     Returns signal [12, L] float32 (mV, or z-scored per lead) and lead_mask [12] bool. Leads
-    the record lacks (or lists as missing) get a False mask over zeros the encoder ignores;
-    non-standard leads (e.g. V4R) are dropped.
+    the record lacks (or lists as missing), and those outside `cfg.leads`, get a False mask
+    over zeros the encoder ignores; non-standard leads (e.g. V4R) are dropped.
     """
     x = np.asarray(ecg.signal, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] < 2:
@@ -89,6 +89,8 @@ def prepare_ecg(ecg: ECG, cfg: ECGPreprocess) -> dict[str, torch.Tensor]:
     if sos is not None:
         x = sps.sosfiltfilt(sos, x, axis=1, padtype="even", padlen=min(settling_samples(sos), x.shape[1] - 1))
     missing = {name.upper() for name in ecg.missing_leads}
+    if cfg.leads is not None:  # leads the model is not given count as missing
+        missing |= {name.upper() for name in STANDARD_LEADS if name not in cfg.leads}
     out = np.zeros((len(STANDARD_LEADS), x.shape[1]), dtype=np.float32)
     mask = np.zeros(len(STANDARD_LEADS), dtype=bool)
     for row, name in enumerate(ecg.lead_names):
@@ -96,6 +98,9 @@ def prepare_ecg(ecg: ECG, cfg: ECGPreprocess) -> dict[str, torch.Tensor]:
         if target is not None and name.upper() not in missing:
             out[target] = x[row]
             mask[target] = True
+    if not mask.any():
+        raise ReaderError(f"none of the record's leads {list(ecg.lead_names)} is among the leads the model "
+                          f"is given {cfg.leads}", ecg.source, "preprocess.ecg.leads")
     if cfg.standardize:
         present = out[mask]
         out[mask] = (present - present.mean(1, keepdims=True)) / (present.std(1, keepdims=True) + 1e-6)

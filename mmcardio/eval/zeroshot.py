@@ -293,18 +293,19 @@ def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str |
                       prompts: PromptSet | None = None, n_bootstrap: int = 1000, seed: int = 0,
                       batch_size: int = 8, regression_top_k: int | None = None,
                       progress: bool = True, accelerator: Accelerator | None = None,
-                      cache: str | Path | None = None) -> dict:
+                      cache: str | Path | None = None, ecg_leads: Sequence[str] | None = None) -> dict:
     """Evaluate `model_folder` zero-shot on `manifest`'s `split`; write metrics.json, report.md
     and plots to `out`. Embeddings come from `store` (default OUT/store), which is filled with
     any studies of the manifest it does not hold yet. `prompts`: the findings and values to
-    evaluate (default: `default_prompts()`)."""
+    evaluate (default: `default_prompts()`). `ecg_leads`: give the ECG tower only these leads
+    (e.g. ["I"]: the model as a single-lead wearable would use it)."""
     from mmcardio.eval.plots import write_plots
     from mmcardio.eval.report import write_report
 
     start = time.perf_counter()
     out, manifest = Path(out), Path(manifest)
     store_folder = Path(store) if store else out / "store"
-    embed_manifest(model_folder, manifest, store_folder, batch_size, progress, accelerator, cache)
+    embed_manifest(model_folder, manifest, store_folder, batch_size, progress, accelerator, cache, ecg_leads)
     if accelerator is not None and not accelerator.is_main_process:
         return {}
     studies = read_manifest(manifest)
@@ -319,7 +320,8 @@ def evaluate_zeroshot(model_folder: str | Path, manifest: str | Path, out: str |
     evaluation = run_evaluation(ctx, bilingual_reports(studies), regression_top_k)
     evaluated = emb.meta if split == "all" else emb.meta[emb.meta["split"] == split]
     results = {"model": emb.model, "manifest": str(manifest), "split": split, "out": str(out),
-               "store": str(store_folder), "n_studies": int(evaluated["study_id"].nunique()),
+               "store": str(store_folder), "ecg_leads": list(ecg_leads) if ecg_leads else "all",
+               "n_studies": int(evaluated["study_id"].nunique()),
                "logit_scale": ctx.logit_scale, "n_bootstrap": n_bootstrap, "seed": seed,
                "ece_bins": ctx.ece_bins, "prompts": prompts.to_dict(), **evaluation.metrics}
     results["plots"] = write_plots(out, evaluation.curves, evaluation.points, evaluation.ranks,

@@ -49,17 +49,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(model_folder: str | Path) -> dict[str, Any]:
-    """sha256 of the folder's config.json and model.safetensors, and their combination."""
+def model_fingerprint(model_folder: str | Path, ecg_leads: Sequence[str] | None = None) -> dict[str, Any]:
+    """sha256 of the folder's config.json and model.safetensors, and their combination (with
+    the ECG lead subset the model is given, when one is: its embeddings are another model's)."""
     folder = Path(model_folder)
     files = {name: folder / name for name in ("config.json", "model.safetensors")}
     for name, path in files.items():
         if not path.is_file():
             raise MMCardioError(f"not a CardioCLIP model folder: {name} is missing", folder)
     config_sha, weights_sha = _sha256(files["config.json"]), _sha256(files["model.safetensors"])
-    combined = hashlib.sha256(f"{config_sha}:{weights_sha}".encode()).hexdigest()
+    subset = "" if ecg_leads is None else ":ecg_leads=" + ",".join(ecg_leads)
+    combined = hashlib.sha256(f"{config_sha}:{weights_sha}{subset}".encode()).hexdigest()
     return {"fingerprint": combined, "config_sha256": config_sha, "weights_sha256": weights_sha,
-            "model_path": str(folder.resolve())}
+            "model_path": str(folder.resolve()), **({"ecg_leads": list(ecg_leads)} if ecg_leads else {})}
 
 
 def check_same_model(recorded: dict, actual: dict, what: str | Path) -> None:
@@ -171,11 +173,13 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def embed_studies(model, studies: Sequence[Study], batch_size: int = 8, progress: bool = True,
-                  num_workers: int = 0, cache: str | Path | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+                  num_workers: int = 0, cache: str | Path | None = None,
+                  ecg_leads: Sequence[str] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Embed every modality, the fused study embedding and the report of each study, read by
     the model's `CardioProcessor` (its stored preprocessing, centred windows) and encoded by
     `model.encode_studies`. Studies held by `cache` (a `mmcardio prepare` folder, refused if
-    made with other preprocessing) are read from it, the others decoded from their files."""
+    made with other preprocessing) are read from it, the others decoded from their files.
+    ecg_leads: give the ECG tower only these leads (a 12-lead model run as a 1-lead one)."""
     from torch.utils.data import ConcatDataset
     from tqdm import tqdm
 
@@ -184,7 +188,7 @@ def embed_studies(model, studies: Sequence[Study], batch_size: int = 8, progress
     from mmcardio.processor import CardioProcessor
 
     by_id = {s.study_id: s for s in studies}
-    processor = CardioProcessor.from_model(model)
+    processor = CardioProcessor.from_model(model, ecg_leads)
     modalities = processor.modalities
     to_decode = (set(StudyCache(cache, processor.preprocess, modalities).missing(studies, modalities))
                  if cache else {s.study_id for s in studies})
@@ -237,16 +241,18 @@ def launched_accelerator() -> Accelerator | None:
 
 def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: str | Path,
                    batch_size: int = 8, progress: bool = True,
-                   accelerator: Accelerator | None = None, cache: str | Path | None = None) -> dict[str, Any]:
+                   accelerator: Accelerator | None = None, cache: str | Path | None = None,
+                   ecg_leads: Sequence[str] | None = None) -> dict[str, Any]:
     """Embed every study of `manifest` that `out_store` does not hold yet and save the store
-    (reading prepared studies from `cache` when given, see `embed_studies`).
+    (reading prepared studies from `cache` when given, and giving the ECG tower only
+    `ecg_leads` when given, see `embed_studies`).
 
     Under `accelerate launch` each rank embeds its shard of the new studies and the main
     process merges and writes; every rank returns the same summary.
     """
     start = time.perf_counter()
     out_store = Path(out_store)
-    fingerprint = model_fingerprint(model_folder)
+    fingerprint = model_fingerprint(model_folder, ecg_leads)
     existing = EmbeddingStore.load(out_store) if out_store.exists() else None
     if existing is not None:
         check_same_model(existing.model, fingerprint, out_store)
@@ -257,7 +263,7 @@ def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: st
     new = [s for s in studies if s.study_id not in done]
     added = 0
     if new:
-        vectors, meta = _embed_distributed(model_folder, new, batch_size, progress, accelerator, cache)
+        vectors, meta = _embed_distributed(model_folder, new, batch_size, progress, accelerator, cache, ecg_leads)
         added = int(meta["study_id"].nunique())
         if added < len(new):
             log.warning("%d of %d new studies have no modality this model encodes; not stored",
@@ -280,17 +286,19 @@ def embed_manifest(model_folder: str | Path, manifest: str | Path, out_store: st
 
 
 def _embed_distributed(model_folder: str | Path, studies: list[Study], batch_size: int,
-                       progress: bool, accelerator: Accelerator | None,
-                       cache: str | Path | None) -> tuple[np.ndarray, pd.DataFrame]:
+                       progress: bool, accelerator: Accelerator | None, cache: str | Path | None,
+                       ecg_leads: Sequence[str] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Embed `studies`; with several processes each embeds a shard and all shards are gathered."""
     if accelerator is None:
-        return embed_studies(load_model(model_folder), studies, batch_size, progress, cache=cache)
+        return embed_studies(load_model(model_folder), studies, batch_size, progress, cache=cache,
+                             ecg_leads=ecg_leads)
     from accelerate.utils import gather_object
 
     model = load_model(model_folder, accelerator.device)
     with accelerator.split_between_processes(studies) as shard:
         vectors, meta = embed_studies(model, shard, batch_size,
-                                      progress and accelerator.is_local_main_process, cache=cache)
+                                      progress and accelerator.is_local_main_process, cache=cache,
+                                      ecg_leads=ecg_leads)
     shards = gather_object([(vectors, meta)])  # one (vectors, meta) per rank, in rank order
     shards = [(v, m) for v, m in shards if len(m)] or shards[:1]
     return np.concatenate([v for v, _ in shards]), pd.concat([m for _, m in shards], ignore_index=True)
