@@ -123,7 +123,7 @@ class CardioProcessor:
         have = wanted_modalities(study, self.modalities if modalities is None else modalities)
         records: dict = {}
         if "ecg" in have:
-            records["ecg"] = read_ecg(study.ecg)
+            records["ecg"] = read_ecg(study.ecg, lead_map=study.ecg_lead_map)
         if "echo" in have:
             views = [clip.view for clip in study.echo]
             records["echo"] = [(views[i], read_video(study.echo[i].path))

@@ -1,11 +1,12 @@
 """The Study record and the manifest (one row per study) in CSV, Parquet or JSONL.
 
 Columns: study_id, patient_id, split, ecg, echo, cmr, ct, masks, report, reports, report_lang,
-translations, age, sex, labels, measurements. Paths are relative to the manifest's folder (or absolute).
+translations, age, sex, labels, measurements, ecg_lead_map. Paths are relative to the manifest's folder (or absolute).
 Structured cells in CSV are JSON (`echo`: [{"path": ..., "view": "A4C"}], `masks`:
 {"echo:A4C": path, "cmr": path}, `reports`: {"ecg": "Sinus rhythm...", "echo": "..."},
 `translations`: {"zh": {"report": "...", "ecg": "..."}}, `labels`: {"afib": 1}, `measurements`:
-{"lvef": {"value": 55.0, "unit": "%"}}); `echo` also accepts the short form
+{"lvef": {"value": 55.0, "unit": "%"}}, `ecg_lead_map`: {"ECG1": "II"}, the standard lead of each
+ECG channel whose label names none); `echo` also accepts the short form
 "A4C=a4c.dcm;A2C=a2c.mp4". Every reader of a manifest applies the same row checks
 (`read_manifest` stops at the first bad row, `validate_manifest` lists them all).
 
@@ -32,10 +33,10 @@ import pandas as pd
 from mmcardio.errors import ManifestError
 from mmcardio.io import atomic_path
 from mmcardio.modality import STUDY_MODALITIES, Modality
-from mmcardio.records import Measurement
+from mmcardio.records import STANDARD_LEADS, Measurement
 
 COLUMNS = ("study_id", "patient_id", "split", "ecg", "echo", "cmr", "ct", "masks", "report",
-           "reports", "report_lang", "translations", "age", "sex", "labels", "measurements")
+           "reports", "report_lang", "translations", "age", "sex", "labels", "measurements", "ecg_lead_map")
 REQUIRED = ("study_id", "patient_id")
 SPLITS = ("train", "val", "test")
 #: Languages the package writes and reads reports in (prompts, labeller, phantom reports,
@@ -71,6 +72,7 @@ class Study:
     sex: str | None = None
     labels: dict[str, int] = field(default_factory=dict)
     measurements: dict[str, Measurement] = field(default_factory=dict)
+    ecg_lead_map: dict[str, str] = field(default_factory=dict)
 
     def modalities(self) -> list[Modality]:
         """The study modalities this study holds, in the canonical order."""
@@ -121,6 +123,7 @@ class Study:
             "sex": self.sex, "labels": dict(self.labels),
             "measurements": {k: {"value": m.value, "unit": m.unit}
                              for k, m in self.measurements.items()},
+            "ecg_lead_map": dict(self.ecg_lead_map),
         }
 
 
@@ -179,6 +182,9 @@ STRUCTURED: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "measurements": ('an object {name: {"value": number, "unit": text}}',
                      lambda v: _is_map(v, lambda m: isinstance(m, dict) and _is_number(m.get("value"))
                                        and isinstance(m.get("unit"), str))),
+    "ecg_lead_map": ('an object {ECG channel label: standard lead}, e.g. {"ECG1": "II"}, leads among '
+                     + ", ".join(STANDARD_LEADS),
+                     lambda v: _is_map(v, lambda lead: lead in STANDARD_LEADS)),
 }
 
 
@@ -250,6 +256,7 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         labels={str(k): int(v) for k, v in parsed["labels"].items()},
         measurements={str(k): Measurement(float(m["value"]), m["unit"])
                       for k, m in parsed["measurements"].items()},
+        ecg_lead_map={str(k): v for k, v in parsed["ecg_lead_map"].items()},
     )
 
 

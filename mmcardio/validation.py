@@ -23,7 +23,7 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
     except ManifestError as err:
         return [Problem(None, err.field, err.path or str(path), err.problem)]
     problems: list[Problem] = []
-    to_read: list[tuple[int, str, Path]] = []
+    to_read: list[tuple[int, str, Path, dict[str, str]]] = []
     for i, study, row_problems in checked:
         problems += row_problems
         refused = {p.file for p in row_problems}  # e.g. outside the data root: not opened
@@ -33,20 +33,21 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
             if not file.exists():
                 problems.append(Problem(i, column, str(file), "file does not exist"))
             elif read_files:
-                to_read.append((i, column, file))
+                to_read.append((i, column, file, study.ecg_lead_map))
     problems += _unreadable(to_read, workers, progress)
     return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
 
 
-def _unreadable(files: list[tuple[int, str, Path]], workers: int | None, progress: bool) -> list[Problem]:
-    """A problem for each (row, column, file) its reader refuses."""
+def _unreadable(files: list[tuple[int, str, Path, dict[str, str]]], workers: int | None,
+                progress: bool) -> list[Problem]:
+    """A problem for each (row, column, file, ECG lead map) its reader refuses."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
     workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
-    jobs = [(column, file) for _, column, file in files]
+    jobs = [(column, file, lead_map) for _, column, file, lead_map in files]
     bar = {"total": len(files), "desc": "validate", "unit": "file", "disable": not progress}
     if workers <= 1:
         errors = list(tqdm(map(read_error, jobs), **bar))
@@ -55,18 +56,18 @@ def _unreadable(files: list[tuple[int, str, Path]], workers: int | None, progres
         # and a worker then waited for ever inside pydicom (seen in the test suite)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             errors = list(tqdm(pool.map(read_error, jobs, chunksize=4), **bar))
-    return [Problem(i, column, str(file), error) for (i, column, file), error in zip(files, errors) if error]
+    return [Problem(i, column, str(file), error) for (i, column, file, _), error in zip(files, errors) if error]
 
 
-def read_error(job: tuple[str, Path]) -> str | None:
+def read_error(job: tuple[str, Path, dict[str, str]]) -> str | None:
     """None if the file decodes, else why not. Every reader failure is a problem to list,
     also one without a message (a MemoryError has none)."""
     from mmcardio.datasets.readers import read_for_column  # readers import numpy-heavy libs
     from mmcardio.errors import MMCardioError
 
-    column, file = job
+    column, file, lead_map = job
     try:
-        read_for_column(column, file)
+        read_for_column(column, file, lead_map)
     except MMCardioError as err:
         return err.problem
     except Exception as err:  # noqa: BLE001 - listed, not raised

@@ -102,6 +102,11 @@ def test_afdb_rhythm_vocabulary_and_records_without_signals(tmp_path, capsys):
     assert studies["04015"].labels == {"afib": 1} and studies["04043"].labels == {"afib": 0}
     assert not studies["04015"].measurements
     assert studies["04015"].age is None and studies["04015"].sex is None
+    problems = validate_manifest(out)  # ECG1/ECG2 name no lead: each record is listed
+    assert len(problems) == 2 and all("does not say which lead" in p.message for p in problems)
+    assert main(["manifest", "mitbih", str(root), "--out", str(out), "--option", "lead_map=ECG1=II,ECG2=V1"]) == 0
+    assert read_manifest(out)[0].ecg_lead_map == {"ECG1": "II", "ECG2": "V1"}
+    assert validate_manifest(out) == []  # the user's declaration makes the records readable
 
 
 def test_a_listed_record_without_header_names_records(tmp_path, capsys):

@@ -246,7 +246,7 @@ def test_a_reader_failure_without_a_message_is_still_a_problem(tmp_path, monkeyp
     """The bug: a MemoryError has an empty message, and validate listed the file as OK."""
     from mmcardio.datasets import readers
 
-    def out_of_memory(column, path):
+    def out_of_memory(column, path, lead_map=None):
         raise MemoryError
 
     (tmp_path / "a.csv").write_text("I\n0.1\n")

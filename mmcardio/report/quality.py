@@ -359,7 +359,7 @@ def _read_study(study: Any) -> dict[str, Record | list[Record]]:
     """A Study's inputs read with the reader each manifest column implies."""
     from mmcardio.datasets.readers import read_for_column  # pydicom, nibabel: only when needed
 
-    records: dict[str, Any] = {key: read_for_column(key, path) for key in ("ecg", "cmr", "ct")
+    records: dict[str, Any] = {key: read_for_column(key, path, study.ecg_lead_map) for key in ("ecg", "cmr", "ct")
                                if (path := getattr(study, key)) is not None}
     if study.echo:
         records["echo"] = [read_for_column("echo", clip.path) for clip in study.echo]

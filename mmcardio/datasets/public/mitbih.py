@@ -13,9 +13,10 @@ Mark RG, "A new method for detecting atrial fibrillation using R-R intervals", C
 Cardiology 10:227-230, 1983; 25 subjects, one record each) and the Long-Term AF Database (ltafdb;
 Petrutiu S, Sahakian AV, Swiryn S, Europace 9:466-470, 2007, doi:10.1093/europace/eum096; 84
 subjects, one record each). Their channels are named "ECG1"/"ECG2", no lead, and their
-documentation does not say which leads they are: the manifest is built, but the ECG reader
-refuses channels that name no lead unless told which they are, so `mmcardio validate` lists
-those records. Not supported: the European ST-T Database (90 records of 79
+documentation does not say which leads they are: the ECG reader refuses channels that name no
+lead unless told which they are, so `mmcardio validate` lists those records, unless the option
+`lead_map` (e.g. `--option lead_map=ECG1=II,ECG2=V1`, what you know of your copy) fills every
+study's `ecg_lead_map`. Not supported: the European ST-T Database (90 records of 79
 subjects; which records share a subject is not in `SAME_SUBJECT`, so its splits could leak).
 
 Layout (ROOT is the unpacked database)::
@@ -72,7 +73,7 @@ from mmcardio.datasets.public import Recipe
 from mmcardio.datasets.public.common import patient_split
 from mmcardio.datasets.readers.ecg_wfdb import WFDB_ERRORS
 from mmcardio.errors import ManifestError
-from mmcardio.records import Measurement
+from mmcardio.records import STANDARD_LEADS, Measurement
 from mmcardio.study import Study
 
 logger = logging.getLogger(__name__)
@@ -173,8 +174,20 @@ def has_signals(header: Path, record: wfdb.Record) -> bool:
     return bool(record.file_name) and not missing
 
 
-def build(root: Path, files_dir: Path, progress: bool = False, limit: int | None = None) -> list[Study]:
+def parse_lead_map(text: str) -> dict[str, str]:
+    """{"ECG1": "II", "ECG2": "V1"} from "ECG1=II,ECG2=V1" (the `lead_map` option)."""
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    lead_map = {channel.strip(): lead.strip() for channel, _, lead in pairs}
+    if any(not sep or lead not in STANDARD_LEADS for (_, sep, _), lead in zip(pairs, lead_map.values())):
+        raise ManifestError(f"expected CHANNEL=LEAD pairs with leads among {list(STANDARD_LEADS)}, got {text!r}",
+                            field="lead_map")
+    return lead_map
+
+
+def build(root: Path, files_dir: Path, progress: bool = False, limit: int | None = None,
+          lead_map: str = "") -> list[Study]:
     """One study per record with signals (the first `limit` when given)."""
+    declared = parse_lead_map(lead_map)
     read = []
     for header in tqdm(record_headers(root.absolute()), desc="mitbih", disable=not progress):
         if limit is not None and len(read) >= limit:
@@ -191,7 +204,7 @@ def build(root: Path, files_dir: Path, progress: bool = False, limit: int | None
         studies.append(Study(
             study_id=record.record_name, patient_id=patient, split=patient_split(patient), ecg=header,
             age=age, sex=sex, labels=labels_of(atr, vocabulary),
-            measurements=heart_rate(atr, fs)))
+            measurements=heart_rate(atr, fs), ecg_lead_map=dict(declared)))
     return studies
 
 
@@ -206,4 +219,6 @@ RECIPE = Recipe(
              "doi:10.1161/01.CIR.101.23.e215",
     licence="ODC-By 1.0", url="https://physionet.org/content/mitdb/",
     build=build,
+    options={"lead_map": "the standard lead of channels whose label names none, e.g. ECG1=II,ECG2=V1 "
+                         "(afdb, ltafdb; default: none)"},
 )

@@ -64,11 +64,12 @@ def read(path: str | Path) -> ECG | Video | Volume:
     return read_volume(path)
 
 
-def read_for_column(column: str, path: str | Path) -> ECG | Video | Volume:
-    """Read a manifest cell's file with the reader its column implies."""
+def read_for_column(column: str, path: str | Path, lead_map: dict[str, str] | None = None) -> ECG | Video | Volume:
+    """Read a manifest cell's file with the reader its column implies (`lead_map`: the row's
+    `ecg_lead_map`, for the ecg column)."""
     base = column.split(".", 1)[-1].split(":", 1)[0] if column.startswith("masks.") else column
     if base == "ecg":
-        return read_ecg(path)
+        return read_ecg(path, lead_map=lead_map)
     if base == "echo":
         return read_video(path) if not column.startswith("masks.") else read_volume(path)
     return read_volume(path, modality=base if base in ("cmr", "ct") else None)
