@@ -132,6 +132,34 @@ def test_ecg_inference_windows_cover_the_recording_and_training_draws_one():
     assert err.value.field == "preprocess.ecg.windows"
 
 
+def test_training_draws_lead_subsets_of_every_size_and_inference_keeps_all_leads():
+    recorded = torch.tensor([True] * 8 + [False] * 4)
+    prepared = {"signal": recorded[:, None] * torch.ones(12, 10), "lead_mask": recorded}  # as prepare_ecg leaves it
+    cfg = ECGPreprocess(fs=250.0, samples=4, lead_subset_prob=0.5)
+    rng = np.random.default_rng(0)
+    draws = [sample_ecg(prepared, cfg, rng) for _ in range(2000)]
+    sizes = np.array([int(d["lead_mask"].sum()) for d in draws])
+    assert 0.45 < np.mean(sizes < 8) < 0.55  # half of the ECGs lose leads
+    assert set(sizes[sizes < 8]) == set(range(1, 8))  # one lead to all but one
+    for d in draws[:200]:
+        assert not (d["lead_mask"] & ~recorded).any()  # only recorded leads are kept
+        assert torch.equal(d["signal"].abs().sum(1) > 0, d["lead_mask"])  # the others are zeros
+    assert torch.equal(sample_ecg(prepared, cfg)["lead_mask"], recorded)
+    with pytest.raises(ConfigError) as err:
+        PreprocessConfig.from_dict({"ecg": {"lead_subset_prob": 1.5}})
+    assert err.value.field == "preprocess.ecg.lead_subset_prob"
+
+
+def test_a_lead_subset_masks_the_other_leads_and_refuses_a_record_without_them():
+    ecg = ECG(signal=np.ones((2, 500), np.float32), fs=250.0, lead_names=["II", "V1"])
+    prepared = prepare_ecg(ecg, ECGPreprocess(fs=250.0, samples=250, leads=["II"], bandpass_hz=None))
+    assert prepared["lead_mask"].nonzero().flatten().tolist() == [1]
+    assert float(prepared["signal"][6].abs().sum()) == 0.0
+    with pytest.raises(ReaderError, match="none of the record's leads") as err:
+        prepare_ecg(ecg, ECGPreprocess(fs=250.0, samples=250, leads=["I"], bandpass_hz=None))
+    assert err.value.field == "preprocess.ecg.leads"
+
+
 def test_echo_time_resampling_by_timestamps():
     assert frame_indices_at_fps(30, 30.0, 15.0).tolist() == list(range(0, 30, 2))
     assert frame_indices_at_fps(30, 30.0, 12.0).tolist() == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27]

@@ -38,11 +38,17 @@ class ECGPreprocess:
     #: as if the record lacked them. Set at evaluation (`--ecg-leads I`) to run a 12-lead model
     #: as a single-lead or a limb-lead one.
     leads: list[str] | None = None
+    #: In training, the share of ECGs given only a random subset of their leads (one lead to
+    #: all but one, the rest masked): a model that also reads a watch's or a Holter's leads.
+    lead_subset_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.windows < 1:
             raise ConfigError(f"expected at least 1 inference window, got {self.windows}",
                               field="preprocess.ecg.windows")
+        if not 0.0 <= self.lead_subset_prob <= 1.0:
+            raise ConfigError(f"expected a probability in [0, 1], got {self.lead_subset_prob}",
+                              field="preprocess.ecg.lead_subset_prob")
         if self.leads is not None:
             unknown = [lead for lead in self.leads if lead not in STANDARD_LEADS]
             if unknown or not self.leads:

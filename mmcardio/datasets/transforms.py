@@ -134,13 +134,29 @@ def crop_or_pad(x: torch.Tensor, size: int, rng: np.random.Generator | None = No
 def sample_ecg(prepared: dict[str, torch.Tensor], cfg: ECGPreprocess,
                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
     """signal [12, samples] (one window: in training, or with `cfg.windows` 1) or
-    [windows, 12, samples] (inference), and lead_mask [12]."""
-    signal = prepared["signal"]
+    [windows, 12, samples] (inference), and lead_mask [12]. In training (`rng`), a share
+    `cfg.lead_subset_prob` of ECGs keeps a random subset of its leads (`random_lead_subset`)."""
+    signal, mask = prepared["signal"], prepared["lead_mask"]
     if rng is None and cfg.windows > 1:
         signal = torch.stack([crop_or_pad(signal, cfg.samples, None, p) for p in window_positions(cfg.windows)])
     else:
         signal = crop_or_pad(signal, cfg.samples, rng)
-    return {"signal": signal, "lead_mask": prepared["lead_mask"]}
+    if rng is not None and cfg.lead_subset_prob > 0 and rng.random() < cfg.lead_subset_prob:
+        mask = random_lead_subset(mask, rng)
+        signal = signal * mask[:, None]
+    return {"signal": signal, "lead_mask": mask}
+
+
+def random_lead_subset(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A mask keeping k of the recorded leads, k uniform in 1..(recorded - 1), so that one lead
+    (a watch's lead I, a Holter's lead II) is as likely as any larger subset."""
+    recorded = np.flatnonzero(mask.numpy())
+    if len(recorded) < 2:
+        return mask
+    keep = rng.choice(recorded, size=int(rng.integers(1, len(recorded))), replace=False)
+    subset = torch.zeros_like(mask)
+    subset[torch.from_numpy(keep)] = True
+    return subset
 
 
 # --------------------------------------------------------------------------------------- echo
