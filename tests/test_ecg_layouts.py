@@ -83,8 +83,11 @@ def write_edf(path, labels, seconds: float = 30.0, fs: float = 256.0) -> dict[st
     return waves
 
 
-def test_edf_plus_with_lead_names_reads_in_millivolts(tmp_path):
+def test_edf_plus_with_lead_names_reads_in_millivolts(tmp_path, capsys):
     waves = write_edf(tmp_path / "holter.edf", ["ECG I", "ECG II"])
+    assert main(["read", str(tmp_path / "holter.edf"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["lead_origin"]["II"] == "measured" and summary["units"] == "mV" and summary["fs_hz"] == 256.0
     ecg = read_ecg(tmp_path / "holter.edf")
     assert ecg.lead_names == ["I", "II", "III", "aVR", "aVL", "aVF"] and ecg.fs == 256.0
     assert ecg.lead_origin["I"] == "measured" and ecg.lead_origin["aVF"] == "derived"

@@ -14,17 +14,18 @@ def register(sub) -> None:
                     "reports and measurements where the dataset has them, and label maps "
                     "renumbered into mmcardio's labels (written to MANIFEST_files/ beside the "
                     "manifest). Nothing is downloaded: ROOT is your copy of the dataset. Check "
-                    "the result with `mmcardio validate MANIFEST`. Formats: "
-                    + ", ".join(sorted(RECIPE_MODULES)) + ". `--json` also prints each "
-                    "dataset's citation and licence.",
-        epilog="example: mmcardio manifest ptbxl ~/data/ptb-xl-1.0.3 --out ptbxl.csv --option rate=500",
+                    "the result with `mmcardio validate MANIFEST`. The command prints the"
+                    "dataset's citation and licence. Formats: "
+                    + ", ".join(sorted(RECIPE_MODULES)) + ".",
+        epilog="example: mmcardio manifest ptbxl ~/data/ptb-xl-1.0.3 --out ptbxl.csv --option rate=100",
     )
     p.add_argument("format", metavar="FORMAT", choices=sorted(RECIPE_MODULES),
                    help="the dataset: " + ", ".join(sorted(RECIPE_MODULES)))
     p.add_argument("root", metavar="ROOT", help="the dataset's top folder, as downloaded and unpacked")
     p.add_argument("--out", required=True, help="manifest to write (.csv, .parquet or .jsonl)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dataset option, e.g. rate=500 for ptbxl (`--list-options` shows them)")
+                   help="a dataset option (repeatable), e.g. rate=100 for ptbxl's 100-Hz records; an unknown "
+                        "key is refused with the dataset's options listed")
     p.add_argument("--limit", type=int, default=None, help="read only the first N studies (a quick try)")
     add_json_flag(p)
     p.set_defaults(func=run)

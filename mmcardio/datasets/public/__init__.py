@@ -59,8 +59,8 @@ def build_manifest(name: str, root: str | Path, out: str | Path, options: dict[s
         raise ManifestError("the dataset folder does not exist", root, "ROOT")
     unknown = sorted(set(options or {}) - set(chosen.options))
     if unknown:
-        raise ManifestError(f"unknown option(s) {unknown}; {name} takes {sorted(chosen.options) or 'none'}",
-                            field="--option")
+        takes = "; ".join(f"{key}: {text}" for key, text in chosen.options.items()) or "no options"
+        raise ManifestError(f"unknown option(s) {unknown}; {name} takes {takes}", field="--option")
     started = time.perf_counter()
     files_dir = out.parent / f"{out.stem}_files"
     studies = chosen.build(root, files_dir, progress=progress, limit=limit, **(options or {}))
