@@ -14,7 +14,7 @@ def register(sub) -> None:
                     "reports and measurements where the dataset has them, and label maps "
                     "renumbered into mmcardio's labels (written to MANIFEST_files/ beside the "
                     "manifest). Nothing is downloaded: ROOT is your copy of the dataset. Check "
-                    "the result with `mmcardio validate MANIFEST`. The command prints the"
+                    "the result with `mmcardio validate MANIFEST`. The command prints the "
                     "dataset's citation and licence. Formats: "
                     + ", ".join(sorted(RECIPE_MODULES)) + ".",
         epilog="example: mmcardio manifest ptbxl ~/data/ptb-xl-1.0.3 --out ptbxl.csv --option rate=100",
