@@ -154,7 +154,7 @@ class PreprocessConfig:
 MODEL_SIZES = ("fs", "samples", "frames", "size", "max_views", "phases", "slices", "shape")
 #: Window lengths and training augmentations, applied by `sample_*` after the cacheable stage
 #: (a cache serves any of them).
-WINDOW_KEYS = {"ecg": ("samples", "windows"), "echo": ("frames", "max_shift_px"),
+WINDOW_KEYS = {"ecg": ("samples", "windows", "lead_subset_prob"), "echo": ("frames", "max_shift_px"),
                "cmr": ("max_shift_px", "roll_phases"), "ct": ("max_shift_vox",)}
 
 
