@@ -117,7 +117,7 @@ def _data(path: Path, header: dict[str, str], header_bytes: int, claimed: int) -
         data = fh.read(stored)
     if compressed:
         try:
-            data = zlib.decompress(data)
+            data = zlib.decompressobj().decompress(data, claimed)  # no more than claimed: a bomb stops here
         except zlib.error as err:
             raise ReaderError(f"compressed data do not inflate ({err})", source, "CompressedData") from None
     if len(data) < claimed:
