@@ -3,7 +3,6 @@ recording as a sequence of windows."""
 from __future__ import annotations
 
 from mmcardio.cli import add_json_flag, emit
-from mmcardio.commands.read import parse_lead_map
 from mmcardio.commands.zeroshot import lead_list
 
 
@@ -63,10 +62,11 @@ def run(args) -> int:
 
 
 def run_recording(args) -> int:
+    from mmcardio.datasets.readers.ecg_leads import parse_lead_map
     from mmcardio.retrieval.recording import embed_recording  # torch: on use
 
     embedded = embed_recording(args.model, args.recording, args.window_s, args.hop_s, args.batch_size,
-                               parse_lead_map(args.leads), args.ecg_leads, progress=not args.json)
+                               parse_lead_map(args.leads, "--lead"), args.ecg_leads, progress=not args.json)
     embedded.save(args.out)
     summary = {"recording": embedded.source, "out": args.out, "windows": len(embedded.start_s),
                "window_s": embedded.window_s, "dim": int(embedded.vectors.shape[1]),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from mmcardio.cli import add_json_flag, emit
 from mmcardio.datasets.readers import read, read_ecg
+from mmcardio.datasets.readers.ecg_leads import parse_lead_map
 
 
 def register(sub) -> None:
@@ -28,21 +29,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_lead_map(items: list[str]) -> dict[str, str]:
-    """{"ECG1": "II"} from ["ECG1=II"] (the `--lead` flags of `read` and `embed`)."""
-    from mmcardio.errors import MMCardioError
-
-    pairs = [item.partition("=") for item in items]
-    bad = [item for item, (channel, sep, lead) in zip(items, pairs) if not (sep and channel and lead)]
-    if bad:
-        raise MMCardioError(f"expected CHANNEL=LEAD (e.g. ECG1=II), got {bad}", field="--lead")
-    return {channel.strip(): lead.strip() for channel, _, lead in pairs}
-
-
 def run(args) -> int:
     ecg_options = args.fs or args.leads or args.start or args.duration is not None
     if ecg_options:
-        record = read_ecg(args.path, fs=args.fs, lead_map=parse_lead_map(args.leads),
+        record = read_ecg(args.path, fs=args.fs, lead_map=parse_lead_map(args.leads, "--lead"),
                           start_s=args.start, duration_s=args.duration)
     else:
         record = read(args.path)

@@ -71,9 +71,10 @@ from wfdb.io.annotation import ann_label_table, is_qrs
 
 from mmcardio.datasets.public import Recipe
 from mmcardio.datasets.public.common import patient_split
+from mmcardio.datasets.readers.ecg_leads import parse_lead_map
 from mmcardio.datasets.readers.ecg_wfdb import WFDB_ERRORS
 from mmcardio.errors import ManifestError
-from mmcardio.records import STANDARD_LEADS, Measurement
+from mmcardio.records import Measurement
 from mmcardio.study import Study
 
 logger = logging.getLogger(__name__)
@@ -174,20 +175,10 @@ def has_signals(header: Path, record: wfdb.Record) -> bool:
     return bool(record.file_name) and not missing
 
 
-def parse_lead_map(text: str) -> dict[str, str]:
-    """{"ECG1": "II", "ECG2": "V1"} from "ECG1=II,ECG2=V1" (the `lead_map` option)."""
-    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
-    lead_map = {channel.strip(): lead.strip() for channel, _, lead in pairs}
-    if any(not sep or lead not in STANDARD_LEADS for (_, sep, _), lead in zip(pairs, lead_map.values())):
-        raise ManifestError(f"expected CHANNEL=LEAD pairs with leads among {list(STANDARD_LEADS)}, got {text!r}",
-                            field="lead_map")
-    return lead_map
-
-
 def build(root: Path, files_dir: Path, progress: bool = False, limit: int | None = None,
           lead_map: str = "") -> list[Study]:
     """One study per record with signals (the first `limit` when given)."""
-    declared = parse_lead_map(lead_map)
+    declared = parse_lead_map([pair for pair in lead_map.split(",") if pair.strip()])
     read = []
     for header in tqdm(record_headers(root.absolute()), desc="mitbih", disable=not progress):
         if limit is not None and len(read) >= limit:

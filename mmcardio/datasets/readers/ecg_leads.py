@@ -10,7 +10,11 @@ measured: a WFDB header cannot say that its V1 was modified, so say so in your d
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from mmcardio.errors import MMCardioError
+from mmcardio.records import STANDARD_LEADS
 
 #: How a lead of an `ECG` came to be (`ECG.lead_origin`).
 MEASURED, MODIFIED, DERIVED, DECLARED, UNMAPPED = "measured", "modified", "derived", "declared", "unmapped"
@@ -70,6 +74,19 @@ def normalize_lead_name(label: str) -> tuple[str, bool] | None:
     key = key.removeprefix("-").removesuffix("NEG")
     lead = LEAD_SPELLINGS.get(key)
     return None if lead is None else (lead, inverted)
+
+
+def parse_lead_map(pairs: Iterable[str], field: str = "lead_map") -> dict[str, str]:
+    """{"ECG1": "II"} from ["ECG1=II"]: channels whose label names no lead, and the standard lead
+    each is (`read --lead`, `embed --lead`, the mitbih recipe's `lead_map` option)."""
+    lead_map = {}
+    for pair in pairs:
+        channel, sep, lead = (part.strip() for part in pair.partition("="))
+        if not (sep and channel and lead in STANDARD_LEADS):
+            raise MMCardioError(f"expected CHANNEL=LEAD with a lead among {', '.join(STANDARD_LEADS)} (e.g. "
+                                f"ECG1=II), got {pair!r}", field=field)
+        lead_map[channel] = lead
+    return lead_map
 
 
 def channel_role(label: str, declared: dict[str, str] | None = None) -> ChannelRole | None:
