@@ -12,10 +12,12 @@ from monai.networks.nets import ViT
 from monai.networks.nets.resnet import ResNet
 from transformers import BertConfig, BertModel, BertTokenizer
 
+from mmcardio.bench_reference import PlainECGTransformer
 from mmcardio.encoders import create_encoder, encoder_config, get_config, list_configs
-from mmcardio.encoders.ecg import PatchLinear, WindowFilters
+from mmcardio.encoders.ecg import LeadFusion, PatchLinear, WindowFilters
 from mmcardio.encoders.text import TextEncoder, TextEncoderConfig, resolve_model_path
 from mmcardio.errors import ConfigError
+from mmcardio.flops import count_flops
 from mmcardio.modality import ECHO_VIEWS
 
 
@@ -62,12 +64,12 @@ def test_user_json_path_builds_an_encoder(tmp_path):
 # ----------------------------------------------------------------------------------- ECG
 def test_ecg_shapes_and_one_lead_input(ecg):
     x = torch.randn(3, 12, 1000) * 0.3
-    assert ecg(x).shape == (3, 64)
+    assert ecg(x).shape == (3, 128)
     one_lead = torch.zeros(3, 12, dtype=torch.bool)
     one_lead[:, 0] = True
     emb = ecg(x, one_lead)
-    assert emb.shape == (3, 64) and torch.isfinite(emb).all()
-    assert ecg(x[:, :, :500]).shape == (3, 64)  # a shorter whole number of patches works
+    assert emb.shape == (3, 128) and torch.isfinite(emb).all()
+    assert ecg(x[:, :, :500]).shape == (3, 128)  # a shorter whole number of patches works
     with pytest.raises(ValueError, match="multiple of 50"):
         ecg(x[:, :, :510])
 
@@ -103,6 +105,63 @@ def test_ecg_mae_loss_and_lead_reconstruction_are_in_millivolts(ecg):
     rebuilt = ecg.reconstruct_leads(x, lead_i)
     assert rebuilt.shape == (4, 12, 1000) and torch.isfinite(rebuilt).all()
     assert torch.allclose(rebuilt[:, 0], x[:, 0], atol=1e-6)  # recorded lead kept as given
+
+
+def test_lead_fusion_averages_visible_leads_own_projections_and_defines_empty_time_steps():
+    torch.manual_seed(0)
+    fusion = LeadFusion(lead_width=8, width=16)
+    tokens = torch.randn(1, 12, 3, 8)
+    visible = torch.ones(1, 12, 3, dtype=torch.bool)
+    visible[0, 1:, 0] = False  # time step 0: lead I alone; step 1: nothing visible
+    visible[0, :, 1] = False
+    out = fusion(tokens, visible)
+    assert out.shape == (1, 3, 16) and torch.isfinite(out).all()
+    changed = tokens.clone()
+    changed[0, 1:, 0] = 1e3  # invisible leads' tokens may hold anything, NaN included
+    changed[0, :, 1] = float("nan")
+    torch.testing.assert_close(fusion(changed, visible), out)
+    torch.testing.assert_close(out[0, 1], fusion.empty.detach())  # nothing visible
+    # lead I alone: 12 x its own block of the projection (the mean over one lead), plus the bias
+    block = fusion.project.weight[:, :8]
+    torch.testing.assert_close(out[0, 0], 12 * block @ fusion.norm(tokens[0, 0, 0]) + fusion.project.bias)
+    # all 12 leads: the mean of the 12 leads' own projections
+    blocks = fusion.project.weight.unflatten(1, (12, 8))
+    mean = torch.einsum("wld,ld->w", blocks, fusion.norm(tokens[0, :, 2]))
+    torch.testing.assert_close(out[0, 2], mean + fusion.project.bias)
+
+
+def test_ecg_layers_within_leads_run_only_on_recorded_leads(ecg):
+    x = torch.randn(2, 12, 1000) * 0.3
+    one_lead = torch.zeros(2, 12, dtype=torch.bool)
+    one_lead[:, 1] = True
+    batches = []
+    hook = ecg.within_lead.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    ecg(x, one_lead), ecg(x)
+    hook.remove()
+    assert batches == [2, 24]  # lead sequences: one per ECG, then 12 per ECG
+
+
+def test_base_ecg_tower_trains_at_most_twice_the_flops_of_a_plain_transformer():
+    """The issue's budget for the lead-aware base tower, counted (not timed) per 10-s ECG."""
+    config = get_config("ecg-base")
+    signal = torch.randn(1, 12, config["input_samples"]) * 0.3
+
+    def train_flops(model, *args) -> float:
+        return count_flops(lambda: model(*args).sum().backward())
+
+    torch.manual_seed(0)
+    ours = train_flops(create_encoder("ecg", config), signal)
+    plain = train_flops(PlainECGTransformer.like(config, config["input_samples"], 512), signal)
+    assert 15e9 < plain < 17e9 and ours <= 2 * plain  # 20.9 against 16.0 GFLOP when written
+
+
+def test_ecg_mae_prediction_never_sees_a_hidden_patch(ecg):
+    x = torch.randn(2, 12, 1000) * 0.3
+    out = ecg.mae_loss(x, generator=torch.Generator().manual_seed(1))
+    changed = torch.where(out["mask"], torch.randn_like(x) * 5, x)
+    again = ecg.mae_loss(changed, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again["mask"], out["mask"]) and out["mask"].any()
+    torch.testing.assert_close(again["pred"], out["pred"])
 
 
 def test_ecg_mae_masks_follow_the_generator(ecg):

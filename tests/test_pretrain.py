@@ -134,16 +134,17 @@ def test_weight_decay_only_on_matrix_weights():
 
 def test_align_run_logs_decreasing_loss_and_saves_a_loadable_model(phantom, tmp_path):
     out = tmp_path / "run"
-    summary = pretrain(phantom, out, "max_steps=12", "log_every=3", "optimizer.lr=1e-3")
+    # batches of 4 make single steps noisy: the loss is compared over intervals of 6 steps
+    summary = pretrain(phantom, out, "max_steps=24", "log_every=6", "optimizer.lr=1e-3")
     lines = metrics(out)
-    assert [m["step"] for m in lines] == [3, 6, 9, 12]
+    assert [m["step"] for m in lines] == [6, 12, 18, 24]
     expected = {"step", "epoch", "loss", "losses", "lr", "samples_per_s", "data_wait_share", "flops_per_sample"}
     assert all(set(m) == expected for m in lines)
     assert {"ecg", "echo"} <= set(lines[0]["losses"]) and lines[0]["flops_per_sample"] > 1e6
     assert lines[0]["data_wait_share"] > 0 and lines[0]["samples_per_s"] > 0  # the loader's waits are timed
-    assert np.mean([m["loss"] for m in lines[-2:]]) < lines[0]["loss"]
+    assert lines[-1]["loss"] < lines[0]["loss"]
     assert lines[-1]["lr"] < lines[1]["lr"]  # cosine decay after warmup
-    assert summary["status"] == "finished" and summary["world_size"] == 1 and summary["steps"] == 12
+    assert summary["status"] == "finished" and summary["world_size"] == 1 and summary["steps"] == 24
     assert summary["first_loss"] == lines[0]["loss"] and summary["final_loss"] == lines[-1]["loss"]
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     model = CardioCLIP.from_pretrained(out / "final").eval()

@@ -79,14 +79,15 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
 
 
 def measure_flops(objective: PretrainObjective, batch: dict) -> float:
-    """Model FLOPs of one forward + backward on `batch`, per sample (matmuls and convolutions,
-    as torch's FlopCounterMode counts them). Leaves weights, gradients and RNG untouched."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Model FLOPs of one forward + backward on `batch`, per sample (matmuls, convolutions and
+    attention, as `mmcardio.flops.count_flops` counts them). Leaves weights, gradients and RNG
+    untouched."""
+    from mmcardio.flops import count_flops
 
     was_training = objective.training
     objective.eval()  # same FLOPs; no running statistics updated
-    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
-        objective(batch)["loss"].backward()
+    with torch.random.fork_rng(devices=[]):
+        flops = count_flops(lambda: objective(batch)["loss"].backward())
     objective.zero_grad(set_to_none=True)
     objective.train(was_training)
-    return counter.get_total_flops() / len(batch["study_id"])
+    return flops / len(batch["study_id"])
