@@ -5,6 +5,7 @@ measured by the benchmark, never asserted here."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -84,7 +85,7 @@ def _figures(node):
 def _check_figures(figures: dict, dtype: str, samples: int) -> None:
     assert set(figures) == FIGURE_KEYS
     assert figures["dtype"] == dtype and figures["samples"] == samples
-    assert 0 < figures["mfu"] < 1
+    assert figures["mfu"] > 0  # below 1 on an idle machine; load can slow the peak probe more (see table)
     assert figures["mfu"] == pytest.approx(figures["gflop_per_s"] / figures["peak_gflop_per_s"])
     assert figures["samples_per_s"] == pytest.approx(1000 * samples / figures["ms"])
     assert figures["gflop_per_s"] == pytest.approx(figures["gflop_per_sample"] * figures["samples_per_s"])
@@ -217,6 +218,12 @@ def test_loop_and_data_sections_compare_our_loop_and_the_cache(quick_run):
 def test_out_writes_the_printed_document(quick_run):
     printed, written = quick_run
     assert written == printed
+
+
+def test_table_warns_of_an_mfu_above_one(quick_run):
+    document = copy.deepcopy(quick_run[0])
+    document["sections"]["align"]["cardioclip-tiny"]["fp32"]["mfu"] = 1.2
+    assert "warning: MFU above 100% in align/cardioclip-tiny/fp32" in table(document)
 
 
 def test_table_shows_peak_mfu_reference_loop_and_data(quick_run):

@@ -166,7 +166,21 @@ def table(document: dict) -> str:
               "scaling": _scaling, "loop": _loop, "data": _data, "readers": _readers, "index": _index}
     for section, result in sections.items():
         lines += ["", *blocks[section](result)]
+    over = _mfu_over_one(sections)
+    if over:
+        lines += ["", (f"warning: MFU above 100% in {', '.join(over)}: the matmul timed beside it ran "
+                      "slower than the workload (other load on the machine, or too few --repeats); "
+                      "rerun on an idle machine")]
     return "\n".join(lines)
+
+
+def _mfu_over_one(node: object, path: str = "") -> list[str]:
+    """Where in the document an MFU exceeds 1 (impossible unless the peak was measured low)."""
+    if isinstance(node, dict):
+        if node.get("mfu", 0) > 1:
+            return [path.strip("/")]
+        return [found for key, value in node.items() for found in _mfu_over_one(value, f"{path}/{key}")]
+    return []
 
 
 def _peak(peak: dict) -> list[str]:
