@@ -178,13 +178,14 @@ class Index:
 
     def vector_of(self, study_id: str, key: str) -> np.ndarray:
         """The stored `key` embedding of `study_id` (reconstructed from the FAISS index)."""
-        study_ids = self.columns(key)["study_id"]
-        if study_id not in study_ids:
+        try:  # one scan of the ids, not a membership test and then a search
+            position = self.columns(key)["study_id"].index(study_id)
+        except ValueError:
             have = sorted(self.meta.loc[self.meta["study_id"] == study_id, "modality"])
             problem = (f"study {study_id!r} has no {key!r} embedding (it has {have})" if have
                        else f"study {study_id!r} is not in the index")
-            raise MMCardioError(problem, self.folder, "study_id")
-        return self._index(key).reconstruct(study_ids.index(study_id))
+            raise MMCardioError(problem, self.folder, "study_id") from None
+        return self._index(key).reconstruct(position)
 
     def save(self, folder: str | Path) -> Path:
         """Write the index folder atomically."""
