@@ -2,10 +2,14 @@
 
 `check_weights_fit` compares a file's header (names and shapes) with a model's state, which may
 live on the meta device, so a config that does not fit its weights is refused before any
-memory is spent on it; `load_weights` checks, then loads.
+memory is spent on it; `load_weights` checks, then loads. `refuse_pickled_code` guards the
+loads of foreign pickled checkpoints (SAM .pth, a text model's or LM's pytorch_model.bin).
 """
 from __future__ import annotations
 
+import contextlib
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -63,3 +67,18 @@ def check_weights_fit(model: nn.Module, file: str | Path, *, fits: str, field: s
 def _few_names(names: list[str], k: int = 5) -> str:
     """The first `k` names and how many more, for error messages."""
     return f"{names[:k]}" + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+@contextlib.contextmanager
+def refuse_pickled_code(source: str | Path, field: str | None = None) -> Iterator[None]:
+    """Name the file when a pickled checkpoint asks for more than tensors.
+
+    torch (`weights_only=True`, which transformers and peft also use) refuses such a file
+    before any of its code runs, but its error suggests loading it unsafely instead."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError("refused: the checkpoint holds more than tensors and unpickling it would run "
+                          f"code (only tensors are unpickled; convert it to safetensors): {reason}",
+                          source, field) from None

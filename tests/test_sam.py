@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from hostile import Payload
 from safetensors import safe_open
 from segment_anything import sam_model_registry
 
@@ -66,16 +67,6 @@ def test_wrapped_checkpoint_loads_and_misfits_are_named(tiny, tmp_path):
     message = str(err.value)
     for part in ("broken.pth", "mask_decoder.iou_token.weight", "extra.weight", "image_encoder.pos_embed"):
         assert part in message
-
-
-class Payload:
-    """Unpickling this runs code: what a hostile checkpoint would do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path):

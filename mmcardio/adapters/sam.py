@@ -10,7 +10,6 @@ images to the encoder as they are.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ from mmcardio.config import from_dict, read_mapping, to_dict
 from mmcardio.errors import ConfigError
 from mmcardio.io import atomic_path, write_json
 from mmcardio.model_config import CONFIG_FILE, WEIGHTS_FILE
-from mmcardio.weights import load_weights
+from mmcardio.weights import load_weights, refuse_pickled_code
 
 MODEL_TYPE = "sam"
 
@@ -145,10 +144,8 @@ def load_sam_checkpoint(model: Sam, path: str | Path) -> Sam:
     Only tensors are unpickled (`weights_only`): a file that asks for anything else is refused
     before it runs. Every key and shape must fit."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ConfigError(f"refused: not a plain weights file (only tensors are unpickled): {err}",
-                          path) from None
+        with refuse_pickled_code(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as err:
         raise ConfigError(f"not a readable torch checkpoint: {err}", path) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

@@ -38,6 +38,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from mmcardio.errors import ConfigError, MMCardioError
+from mmcardio.weights import refuse_pickled_code
 
 PACKAGE_PREFIX = "package:"
 NUMBER = re.compile(r"\d+(?:\.\d+)?")  # unsigned: "-" in reports is mostly a range or a dash
@@ -174,11 +175,12 @@ class TextEncoder(nn.Module):
         )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-            self.model = (
-                AutoModel.from_config(AutoConfig.from_pretrained(source, trust_remote_code=False))
-                if folder is not None
-                else AutoModel.from_pretrained(source, trust_remote_code=False)
-            )
+            with refuse_pickled_code(source, "model_name_or_path"):
+                self.model = (
+                    AutoModel.from_config(AutoConfig.from_pretrained(source, trust_remote_code=False))
+                    if folder is not None
+                    else AutoModel.from_pretrained(source, trust_remote_code=False)
+                )
         except (OSError, ValueError) as err:
             raise ConfigError(
                 f"cannot load a text model from {source!r}: {err}", field="model_name_or_path"

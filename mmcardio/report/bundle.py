@@ -24,6 +24,7 @@ from mmcardio.report.config import ReportHeadConfig
 from mmcardio.report.evidence import Archive, FindingClassifier
 from mmcardio.report.model import ReportHead, load_pretrained_lm
 from mmcardio.report.quality import EmbeddingOOD
+from mmcardio.weights import refuse_pickled_code
 
 CARD = "report_head.json"
 PROJECTOR_FILE = "model.safetensors"
@@ -88,5 +89,6 @@ def _load_lm(config: ReportHeadConfig, folder: Path):
     from peft import PeftModel
 
     base, _ = load_pretrained_lm(config.lm, 0, None)
-    lm = PeftModel.from_pretrained(base, folder / "lm_adapter")
+    with refuse_pickled_code(folder / "lm_adapter"):
+        lm = PeftModel.from_pretrained(base, folder / "lm_adapter")
     return lm, AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from mmcardio.report.config import ReportHeadConfig
 from mmcardio.report.evidence import MODALITY_KEYS, STUDY_KEY
+from mmcardio.weights import refuse_pickled_code
 
 PREFIX_KEYS = (*MODALITY_KEYS, STUDY_KEY)
 PAD, EOS = "<pad>", "<eos>"
@@ -57,7 +58,8 @@ def load_pretrained_lm(path: str | Path, lora_rank: int, targets: list[str] | No
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    with refuse_pickled_code(path, "lm"):
+        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     if lora_rank:
         from peft import LoraConfig, get_peft_model
 
