@@ -74,3 +74,16 @@ def test_numpy_ecg_holding_pickled_objects_is_refused(tmp_path):
         read_ecg(path, fs=500)
     assert "ecg.npy" in str(err.value)
     assert not marker.exists()
+
+
+def test_store_vectors_holding_pickled_objects_are_refused(tmp_path):
+    from mmcardio.retrieval.store import EmbeddingStore
+
+    marker, store = tmp_path / "ran", tmp_path / "store"
+    store.mkdir()
+    np.save(store / "vectors.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    (store / "meta.parquet").write_bytes(b"")
+    (store / "model.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(MMCardioError, match="vectors.npy"):
+        EmbeddingStore.load(store)
+    assert not marker.exists()

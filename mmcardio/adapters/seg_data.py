@@ -9,6 +9,9 @@ padding at the bottom and right); frames where the structure is absent on that g
 out. The box is the mask's bounding box in input pixels, XYXY with inclusive pixel indices
 (MedSAM's convention), each side moved by up to `box_jitter` x the box's width (x) or height
 (y), drawn from a generator seeded by (seed, item, draw): the same key gives the same box.
+
+For training, `skip_unreadable` reads every series once up front: a study with an image or
+label map that cannot be read is left out whole (its reason in `failed`), never replaced.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from mmcardio.adapters.geometry import mask_box
 from mmcardio.adapters.sam_preprocess import grey_frames, medsam_preprocess
 from mmcardio.datasets.readers import read_video, read_volume
 from mmcardio.errors import ConfigError, ReaderError
+from mmcardio.failures import failure_reason
 from mmcardio.modality import Modality
 from mmcardio.records import STRUCTURES
 from mmcardio.study import Study
@@ -85,12 +89,17 @@ class SegmentationFrames(Dataset):
     cannot hold the training set decodes a series for nearly every frame. `frames_per_series`
     keeps that many frames per series and `max_series` that many series, evenly spaced (None:
     all of them).
+
+    skip_unreadable: decode every series once here (kept in the cache while it fits) and
+    leave out each study with a series that cannot be read, its reason in `failed`
+    ({study_id: reason}; `studies_read` counts the studies tried). Without it a bad file
+    raises, here (label map) or on first use (image).
     """
 
     def __init__(self, studies: list[Study], modality: str, structures: Sequence[str] = ("lv_cavity",),
                  image_size: int = 1024, box_jitter: float = 0.0, seed: int = 0,
                  frames_per_series: int | None = None, max_series: int | None = None,
-                 cache_bytes: int = 2**31):
+                 cache_bytes: int = 2**31, skip_unreadable: bool = False):
         if box_jitter < 0:
             raise ConfigError(f"expected a share of the box size >= 0, got {box_jitter}", field="box_jitter")
         unknown = [name for name in structures if name not in STRUCTURES]
@@ -100,13 +109,26 @@ class SegmentationFrames(Dataset):
         self.modality, self.structures, self.image_size = Modality(modality), tuple(structures), image_size
         self.box_jitter, self.seed, self.cache_bytes = box_jitter, seed, cache_bytes
         found = study_series(studies, modality)
-        self.series = [found[i] for i in _select(np.arange(len(found)), max_series)]
-        self._images: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self.index: list[SeriesIndex] = []
+        chosen = [found[i] for i in _select(np.arange(len(found)), max_series)]
+        self.studies_read = len({series.study_id for series in chosen})
+        self.failed: dict[str, str] = {}
+        read, held = [], 0
+        for series in chosen:
+            got = self._read_series(series, frames_per_series, skip_unreadable)
+            if got is not None and got[2] is not None:
+                if held + got[2].numel() > cache_bytes:
+                    got = (*got[:2], None)  # beyond the cache: decoded again on use
+                else:
+                    held += got[2].numel()
+            read.append(got)
+        kept = [r for r in read if r is not None and r[0].study_id not in self.failed]
+        self.series = [series for series, _, _ in kept]
+        self.index: list[SeriesIndex] = [index for _, index, _ in kept]
+        self._images: OrderedDict[int, torch.Tensor] = OrderedDict(
+            (s, pixels) for s, (_, _, pixels) in enumerate(kept) if pixels is not None)
         self.items: list[tuple[int, int]] = []  # (series, row of its index)
-        for s, series in enumerate(self.series):
-            self.index.append(self._index_series(series, frames_per_series))
-            self.items += [(s, row) for row in range(len(self.index[s].frames))]
+        for s, index in enumerate(self.index):
+            self.items += [(s, row) for row in range(len(index.frames))]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -130,6 +152,23 @@ class SegmentationFrames(Dataset):
         return {"study_id": self.series[s].study_id, "series": self.series[s].key,
                 "frame": int(self.index[s].frames[row])}
 
+    def _read_series(self, series: Series, keep: int | None, check_image: bool,
+                     ) -> tuple[Series, SeriesIndex, torch.Tensor | None] | None:
+        """The series, its index and, with `check_image`, its pixels; None (and its study in
+        `failed`) when `check_image` and a file cannot be read."""
+        if series.study_id in self.failed:
+            return None  # the study is left out whole: no need to read its other series
+        try:
+            index = self._index_series(series, keep)
+            if not check_image or not len(index.frames):  # a series no frame of which is used is not read
+                return series, index, None
+            return series, index, self._decode(series, index)
+        except Exception as err:  # any failed read leaves the study out, with its reason
+            if not check_image:
+                raise
+            self.failed[series.study_id] = failure_reason(err)
+            return None
+
     def _index_series(self, series: Series, keep: int | None) -> SeriesIndex:
         """The series' label maps on the input grid, only the frames that show the anchor."""
         labels = _frames(read_volume(series.mask).array).astype(np.uint8)
@@ -145,18 +184,21 @@ class SegmentationFrames(Dataset):
         if s in self._images:
             self._images.move_to_end(s)
             return self._images[s]
-        series, found = self.series[s], self.index[s]
+        pixels = self._decode(self.series[s], self.index[s])
+        self._images[s] = pixels
+        while sum(p.numel() for p in self._images.values()) > self.cache_bytes and len(self._images) > 1:
+            self._images.popitem(last=False)
+        return pixels
+
+    def _decode(self, series: Series, found: SeriesIndex) -> torch.Tensor:
+        """The series' used frames read and preprocessed, uint8 [n, S, S]."""
         image = self._read_image(series)
         if image.shape[-2:] != found.original_size or len(image) <= found.frames.max(initial=-1):
             raise ReaderError(f"label map of {len(image)}x{found.original_size} expected, the image is "
                               f"{image.shape} ({series.image})", series.mask, series.key)
         # whole-series statistics, as `CardiacPredictor.set_frames` computes them at inference
         prepared = medsam_preprocess(image, self.modality, self.image_size, frames=found.frames)
-        pixels = prepared.image[:, 0].mul(255).round().to(torch.uint8)
-        self._images[s] = pixels
-        while sum(p.numel() for p in self._images.values()) > self.cache_bytes and len(self._images) > 1:
-            self._images.popitem(last=False)
-        return pixels
+        return prepared.image[:, 0].mul(255).round().to(torch.uint8)
 
     def _read_image(self, series: Series) -> np.ndarray:
         """The series as grey frames [N, H, W] in the modality's unit (CMR: phases x slices)."""

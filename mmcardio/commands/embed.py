@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmcardio.cli import add_json_flag, emit
 from mmcardio.commands.zeroshot import lead_list
+from mmcardio.failures import DEFAULT_MAX_FAILED_FRACTION
 
 
 def register(sub) -> None:
@@ -14,7 +15,10 @@ def register(sub) -> None:
                     "fused study embedding and the report text embedding, with metadata (patient, "
                     "split, views, report, labels) and the model's fingerprint. Re-running on a "
                     "grown manifest embeds only the new studies; a store made by another model is "
-                    "refused. Under `accelerate launch -m mmcardio.cli embed ...` every process "
+                    "refused. A study that cannot be read is logged with the reader's message, gets no "
+                    "vector and is listed in STORE/skipped.json and the summary (skipped_studies); the "
+                    "next run tries it again. More than --max-failed-fraction of the manifest's "
+                    "studies failing stops the run and writes nothing. Under `accelerate launch -m mmcardio.cli embed ...` every process "
                     "embeds a shard. Next step: `mmcardio index --store STORE --out INDEX`. "
                     "With --recording instead of --manifest, a long ECG (a Holter in WFDB or EDF, "
                     "hours long; a wearable strip) is read one window at a time and each window "
@@ -37,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--ecg-leads", type=lead_list, metavar="LEADS",
                    help="give the ECG tower only these leads, comma-separated (e.g. I); a store made "
                         "so holds another model's embeddings and is kept apart")
+    p.add_argument("--max-failed-fraction", type=float, default=DEFAULT_MAX_FAILED_FRACTION, metavar="F",
+                   help="--manifest: the share of the studies that may fail to read and be skipped "
+                        f"(default {DEFAULT_MAX_FAILED_FRACTION:g}; 0 stops at the first, 1 never stops)")
     p.add_argument("--window-s", type=float, help="--recording: window length in s (default: the model's "
                                                   "ECG input length)")
     p.add_argument("--hop-s", type=float, help="--recording: step between windows in s (default: the window)")
@@ -53,10 +60,11 @@ def run(args) -> int:
 
     summary = embed_manifest(args.model, args.manifest, args.out, args.batch_size,
                              progress=not args.json, accelerator=launched_accelerator(), cache=args.cache,
-                             ecg_leads=args.ecg_leads)
+                             ecg_leads=args.ecg_leads, max_failed_fraction=args.max_failed_fraction)
     per_key = ", ".join(f"{k} {n}" for k, n in summary["per_key"].items())
     text = (f"{summary['store']}: {summary['new_studies']} new of {summary['studies']} studies embedded; "
             f"{summary['vectors']} vectors ({per_key}) in {summary['seconds']:.1f} s")
+    text += "".join(f"\nskipped {study_id}: {reason}" for study_id, reason in summary["skipped_studies"].items())
     emit(summary, args.json, text)
     return 0
 

@@ -17,9 +17,13 @@ def register(sub) -> None:
                     "GPUs use `accelerate launch scripts/pretrain.py` with the same flags). Stage "
                     "'mae' trains the ECG tower by masked reconstruction (and reports held-out "
                     "reconstruction figures); stage 'align' aligns every modality with the report "
-                    "text. Studies are decoded once into a cache (OUT/cache unless --cache). Writes "
-                    "OUT/metrics.jsonl, OUT/tensorboard/, OUT/checkpoints/step_N/, OUT/final/ (load "
-                    "it with CardioCLIP.from_pretrained) and OUT/run.json.",
+                    "text. Studies are decoded once into a cache (OUT/cache unless --cache); a study "
+                    "whose files cannot be decoded is logged with the reader's message, left out and "
+                    "listed under skipped_studies in OUT/run.json, while at most max_failed_fraction "
+                    "of the studies fail (default 0.01; more stops the run: raise it with --set "
+                    "max_failed_fraction=0.05). Writes OUT/metrics.jsonl, OUT/tensorboard/, "
+                    "OUT/checkpoints/step_N/, OUT/final/ (load it with CardioCLIP.from_pretrained) "
+                    "and OUT/run.json.",
         epilog="examples:\n"
                "  mmcardio pretrain --config configs/pretrain/tiny.yaml --manifest c/manifest.csv "
                "--out runs/mae --set stage=mae\n"
@@ -41,6 +45,7 @@ def run(args) -> int:
 
     from accelerate import PartialState
 
+    from mmcardio.failures import skipped_note
     from mmcardio.train.config import load_pretrain_config
     from mmcardio.train.pretrain import run_pretraining
 
@@ -52,6 +57,7 @@ def run(args) -> int:
     text = (f"{summary['status']}: {summary['steps']} steps on {summary['world_size']} process(es) in "
             f"{summary['seconds']} s, loss {summary['first_loss']} -> {summary['final_loss']}"
             + (f"; model in {summary['final']}" if summary["final"] else "; resume with --resume"))
+    text += skipped_note(summary["skipped_studies"])
     if "mae_eval" in summary:
         text += f"\nMAE held-out: {summary['mae_eval']}"
     emit(summary, args.json, text)

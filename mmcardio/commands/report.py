@@ -50,7 +50,10 @@ def register(sub) -> None:
                     "tokens and a prompt of measurements, zero-shot findings and retrieved reports, "
                     "and writes the study's report, in every language of `languages` the manifest "
                     "has (report and translations). Needs clip_model (CardioCLIP folder) and store "
-                    "(its `mmcardio embed` store of the manifest). Runs in this process; for several "
+                    "(its `mmcardio embed` store of the manifest). A training study without an "
+                    "embedding in the store (one embed could not read) is left out, logged and listed "
+                    "under skipped_studies in OUT/run.json, while at most max_failed_fraction of the "
+                    "studies are (default 0.01; more stops the run). Runs in this process; for several "
                     "use `accelerate launch -m mmcardio.cli report train ...`. Writes "
                     "OUT/metrics.jsonl, OUT/checkpoints/, OUT/config.yaml, OUT/run.json and OUT/final/.",
         epilog="example:\n  mmcardio report train --config configs/report/tiny.yaml --manifest c/manifest.csv "
@@ -66,6 +69,7 @@ def register(sub) -> None:
 def run_train(args) -> int:
     from accelerate import PartialState
 
+    from mmcardio.failures import skipped_note
     from mmcardio.report.config import load_report_config
     from mmcardio.report.train import run_report_training
 
@@ -75,7 +79,8 @@ def run_train(args) -> int:
         return 0
     emit(summary, args.json, f"{summary['steps']} steps on {summary['examples']} reports "
                              f"({', '.join(summary['languages'])}) in {summary['seconds']} s, loss "
-                             f"{summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; head in {summary['final']}")
+                             f"{summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; head in {summary['final']}"
+                             + skipped_note(summary["skipped_studies"]))
     return 0
 
 

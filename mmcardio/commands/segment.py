@@ -21,7 +21,11 @@ def register(sub) -> None:
                     "The prompt encoder stays frozen; the loss is Dice + BCE (MONAI DiceCELoss). "
                     "With lora_rank > 0 only a LoRA adapter named after the modality (and its copy "
                     "of the mask decoder) trains. Runs in this process; for several processes or "
-                    "GPUs use `accelerate launch -m mmcardio.cli segment train ...`. Writes "
+                    "GPUs use `accelerate launch -m mmcardio.cli segment train ...`. Every series is "
+                    "read once first: a study with an image or mask that cannot be read is logged "
+                    "with the reader's message, left out and listed under skipped_studies in "
+                    "OUT/run.json, while at most max_failed_fraction of the studies fail (default "
+                    "0.01; more stops the run: raise it with --set max_failed_fraction=0.05). Writes "
                     "OUT/metrics.jsonl, OUT/checkpoints/step_N/, OUT/config.yaml, OUT/run.json and "
                     "OUT/final/: the segmenter of every modality learned so far (a LoRA run carries "
                     "on the adapters of the folder it starts from; segmenter.json lists them), for "
@@ -73,6 +77,7 @@ def _register_eval(actions) -> None:
 def run_train(args) -> int:
     from accelerate import PartialState
 
+    from mmcardio.failures import skipped_note
     from mmcardio.train.segment import load_segment_config, run_segment_training
 
     summary = run_segment_training(load_segment_config(args.config, args.overrides), args.manifest, args.out,
@@ -81,7 +86,8 @@ def run_train(args) -> int:
         return 0
     text = (f"{summary['steps']} steps on {summary['train_frames']} {summary['modality']} frames in "
             f"{summary['seconds']} s, DiceCE {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; "
-            f"segmenter in {summary['final']}" + (f", adapter in {summary['adapter']}" if summary["adapter"] else ""))
+            f"segmenter in {summary['final']}" + (f", adapter in {summary['adapter']}" if summary["adapter"] else "")
+            + skipped_note(summary["skipped_studies"]))
     emit(summary, args.json, text)
     return 0
 

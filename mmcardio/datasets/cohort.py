@@ -2,11 +2,13 @@
 
 `StudyDataset` reads each study through a `CardioProcessor` (from a cache made by
 `prepare_cache`, or decoding its files) and draws its report texts by a `TextViews` policy;
-`ModalityBalancedSampler` (sampler.py) picks the keys in training.
+`ModalityBalancedSampler` (sampler.py) picks the keys in training. `SkipUnreadable` and
+`collate_readable` let a pass over a cohort (embedding) go on past a study that cannot be
+read: it is reported with its reason, never replaced.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mmcardio.datasets.cache import StudyCache
 from mmcardio.datasets.text_views import TextViews
 from mmcardio.errors import MMCardioError
+from mmcardio.failures import failure_reason
 from mmcardio.modality import ECHO_VIEWS
 from mmcardio.processor import MODALITY_NAMES, CardioProcessor, wanted_modalities
 from mmcardio.study import Study
@@ -81,6 +84,37 @@ class StudyDataset(Dataset):
         return item
 
 
+#: The key of an item `SkipUnreadable` gives for a study it cannot read.
+READ_ERROR = "read_error"
+
+
+class SkipUnreadable(Dataset):
+    """A `StudyDataset` whose studies that cannot be read come out as {"study_id", READ_ERROR:
+    the reason} instead of raising, in the process (or DataLoader worker) that reads them;
+    batch with `collate_readable`."""
+
+    def __init__(self, dataset: StudyDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        try:
+            return self.dataset[key]
+        except Exception as err:  # noqa: BLE001 - any failed read is reported with its reason, never fatal here
+            index = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+            return {"study_id": self.dataset.studies[index].study_id, READ_ERROR: failure_reason(err)}
+
+
+def collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """`collate_studies` of the items that were read, and "failed": {study_id: reason} of the
+    others (the batch has no study when all failed)."""
+    batch = collate_studies([it for it in items if READ_ERROR not in it])
+    batch["failed"] = {it["study_id"]: it[READ_ERROR] for it in items if READ_ERROR in it}
+    return batch
+
+
 def collate_studies(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch items: study_id and text lists; per modality the present rows stacked with their
     `rows` (index into the batch) and `report` list. A modality no item has is an absent key.
@@ -117,11 +151,12 @@ def _collate_echo(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None = None,
-                num_workers: int = 0, seed: int = 0, drop_last: bool = True) -> DataLoader:
+                num_workers: int = 0, seed: int = 0, drop_last: bool = True,
+                collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = collate_studies) -> DataLoader:
     """The DataLoader for study batches: worker processes (persistent across epochs), pinned
     memory only when CUDA is there, and its own generator so creating it never draws from the
-    global RNG (which resumed runs restore)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_studies,
+    global RNG (which resumed runs restore). `collate_readable` with `SkipUnreadable`."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=num_workers > 0, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcardio.config import check_fields, load_run_config
+from mmcardio.failures import FailureLimit
 from mmcardio.study import LANGUAGES
 
 
@@ -22,7 +23,7 @@ class TinyLMConfig:
 
 
 @dataclass
-class ReportHeadConfig:
+class ReportHeadConfig(FailureLimit):
     """A report-head training run.
 
     clip_model: the CardioCLIP folder whose embeddings condition the head (a run's final/).
@@ -38,6 +39,8 @@ class ReportHeadConfig:
     languages: report languages trained (targets from the manifest's report and translations).
     mixed_precision: "no", "bf16" or "fp16", as accelerate's (autocast; the loss is taken in
         fp32). bf16 halves the tiny LM's step time on CPUs with bf16 matrix units.
+    max_failed_fraction (from `FailureLimit`): the share of the training studies that may have
+        no embedding in the store (embed could not read them); they are skipped and listed.
     repetition_penalty: logits of tokens a section already holds are divided by this when
         drafting (1 = plain greedy decoding).
     ood_k, ood_quantile, ood_margin: an embedding is out of distribution when its mean cosine
@@ -98,6 +101,7 @@ class ReportHeadConfig:
                   ("review_below", 0 <= self.review_below <= 1, "expected a value in [0, 1]"),
                   ("log_every", self.log_every >= 1, "expected at least 1")]
         check_fields(self, checks)
+        super().__post_init__()
 
 
 def load_report_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ReportHeadConfig:

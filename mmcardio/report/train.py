@@ -6,6 +6,11 @@ embeddings and the reports of its `k_retrieved` most similar training studies of
 patients; the target is its own report. OUT/checkpoints/step_N (written whole, then renamed),
 metrics.jsonl, config.yaml, `--resume`, run.json; OUT/final is the report-head folder
 (`bundle.ReportBundle`).
+
+The studies are read as their embeddings in the store: a training study the store does not
+hold (one `mmcardio embed` could not read, as the store's skipped.json says, or one never
+embedded) is left out, logged and listed in run.json's "skipped_studies" (kept across
+`--resume`), under the run's failure limit (`mmcardio.failures`; default 1%, more stops the run).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 from mmcardio.config import save_config
 from mmcardio.errors import ConfigError
 from mmcardio.eval.prompts import FINDINGS
+from mmcardio.failures import FAILED_FRACTION_KEY, log_failures, read_skipped, remember_skipped
 from mmcardio.io import write_json
 from mmcardio.report.bundle import ReportBundle
 from mmcardio.report.config import ReportHeadConfig
@@ -47,7 +53,7 @@ from mmcardio.study import Study, read_manifest
 from mmcardio.train.checkpoint import TrainState, check_resume_config, resolve_resume, restore
 from mmcardio.train.steps import epoch_loader, run_steps
 
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers")
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers", FAILED_FRACTION_KEY)
 
 
 @dataclass
@@ -157,6 +163,21 @@ def decide(evidence: StudyEvidence, classifier: FindingClassifier) -> None:
 class Prepared:
     bundle: ReportBundle
     examples: list[Example]
+    skipped: dict[str, str]  # {study_id: reason} of the training studies left out
+
+
+def embedded_studies(studies: list[Study], store, store_path: str | Path) -> tuple[list[Study], dict[str, str]]:
+    """The studies with a study embedding in `store`, and {study_id: reason} of the others."""
+    held = set(store.meta.loc[store.meta["modality"] == STUDY_KEY, "study_id"])
+    skipped = {}
+    for study in studies:
+        if study.study_id in held:
+            continue
+        why = store.skipped.get(study.study_id)
+        skipped[study.study_id] = (f"no embedding in the store {store_path}: "
+                                   + (f"`mmcardio embed` could not read it ({why})" if why
+                                      else "never embedded (run `mmcardio embed` on this manifest)"))
+    return [s for s in studies if s.study_id in held], skipped
 
 
 def prepare(cfg: ReportHeadConfig, manifest: str | Path, out: Path) -> Prepared:
@@ -175,6 +196,9 @@ def prepare(cfg: ReportHeadConfig, manifest: str | Path, out: Path) -> Prepared:
     store = EmbeddingStore.load(cfg.store)
     check_same_model(store.model, fingerprint, cfg.store)
     studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits and s.report]
+    read, skipped = embedded_studies(studies, store, cfg.store)
+    cfg.failure_policy.check(skipped, len(studies), manifest)
+    studies = read
     if len(studies) < cfg.batch_size:
         raise ConfigError(f"{len(studies)} reported studies in splits {cfg.train_splits}; expected at least "
                           "batch_size", manifest)
@@ -195,7 +219,7 @@ def prepare(cfg: ReportHeadConfig, manifest: str | Path, out: Path) -> Prepared:
                 for s, lang, section, text in targets]
     bundle = ReportBundle(cfg, head, classifier, archive, ood, str(cfg.clip_model), fingerprint["fingerprint"],
                           int(store.model["dim"]))
-    return Prepared(bundle, examples)
+    return Prepared(bundle, examples, skipped)
 
 
 def fit_ood(cfg: ReportHeadConfig, embeddings: dict[str, dict[str, np.ndarray]]) -> EmbeddingOOD:
@@ -242,6 +266,9 @@ def run_report_training(cfg: ReportHeadConfig, manifest: str | Path, out: str | 
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # the main process learns and saves the tokenizer first
         prepared = prepare(cfg, manifest, out)
+    if accelerator.is_main_process:
+        log_failures(prepared.skipped, "report train")
+        remember_skipped(out, prepared.skipped, resumed=resume_from is not None)
     head = prepared.bundle.head
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -290,6 +317,7 @@ def _summary(cfg: ReportHeadConfig, accelerator, prepared: Prepared, state: Trai
     head = prepared.bundle.head
     return {"status": "finished", "lm": cfg.lm, "steps": state.step, "world_size": accelerator.num_processes,
             "examples": len(prepared.examples),
+            "skipped_studies": read_skipped(out),  # this session's and the earlier ones'
             "languages": sorted({e.lang for e in prepared.examples}),
             "lm_parameters": sum(p.numel() for p in head.lm.parameters()),
             "trainable_parameters": sum(p.numel() for p in head.parameters() if p.requires_grad),

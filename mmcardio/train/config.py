@@ -17,13 +17,15 @@ from mmcardio.config import (
 from mmcardio.datasets.preprocess_config import PreprocessConfig
 from mmcardio.encoders.registry import config_path, get_config
 from mmcardio.errors import ConfigError
+from mmcardio.failures import FAILED_FRACTION_KEY, FailureLimit
 from mmcardio.model_config import build_config
 from mmcardio.sentences import UNITS
 
 STAGES = ("mae", "align")
 PRECISIONS = ("no", "bf16", "fp16")
 #: Run-config keys that may change when resuming (they do not change what is computed).
-RESUMABLE_CHANGES = ("stop_at_step", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints")
+RESUMABLE_CHANGES = ("stop_at_step", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints",
+                     FAILED_FRACTION_KEY)
 
 
 @dataclass
@@ -39,7 +41,7 @@ class OptimizerConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(FailureLimit):
     """A pretraining run. Sizes of model inputs come from the model config's `preprocess`;
     `preprocess` here overrides the other settings (filters, spacing, windows).
 
@@ -68,6 +70,9 @@ class PretrainConfig:
         study towers keep learning from the reports as written.
     stage_overrides: {stage: {key: value}} merged in for the chosen stage, so one file holds
         both stages (e.g. more steps and a higher lr for "mae").
+    max_failed_fraction (from `FailureLimit`, shared with the other training runs): the share
+        of the run's studies that may fail to decode; they are skipped and listed in run.json
+        ("skipped_studies"). More stops the run before training (default 0.01).
     """
 
     model: str = "cardioclip-tiny"
@@ -112,6 +117,7 @@ class PretrainConfig:
                   ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more"),
                   ("text_unit", self.text_unit in UNITS, f"expected one of {UNITS}")]
         check_fields(self, checks)
+        super().__post_init__()
 
 
 def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:

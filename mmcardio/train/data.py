@@ -1,5 +1,8 @@
 """A run's data: the training studies, their decoded cache, this rank's loader, and the text
-vocabulary learned from (or extended by) the training reports."""
+vocabulary learned from (or extended by) the training reports.
+
+A study that fails to decode into the cache is left out of the run with its reason (never
+replaced), under the run's `max_failed_fraction` (`mmcardio.failures`)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +19,7 @@ from mmcardio.datasets.preprocess_config import PreprocessConfig
 from mmcardio.datasets.sampler import ModalityBalancedSampler
 from mmcardio.datasets.text_views import TextViews
 from mmcardio.errors import ConfigError, MMCardioError
+from mmcardio.failures import log_failures
 from mmcardio.io import atomic_path, write_json
 from mmcardio.model_config import TOKENIZER_DIR
 from mmcardio.processor import CardioProcessor
@@ -28,12 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunData:
-    """The studies, the cache and the per-rank loader of a run."""
+    """The studies, the cache and the per-rank loader of a run; `failed`: {study_id: reason}
+    of the studies left out because they cannot be decoded."""
 
     studies: list[Study]
     cache_dir: Path
     preprocess: PreprocessConfig
-    failed: set[str]
+    failed: dict[str, str]
     dataset: StudyDataset
     sampler: ModalityBalancedSampler
     loader: Any
@@ -41,7 +46,9 @@ class RunData:
 
 def prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: str | Path,
                  cache_dir: Path, out: Path, progress: bool) -> RunData:
-    """Prepare missing studies into the cache (main process), then open this rank's loader."""
+    """Prepare missing studies into the cache (main process), then open this rank's loader.
+    Studies that fail to decode are left out (each logged with its reason); when more than
+    `cfg.max_failed_fraction` of the run's studies fail, every rank stops with the list."""
     modalities = ["ecg"] if cfg.stage == "mae" else list(model.modalities)
     preprocess = PreprocessConfig.from_dict(model.config.preprocess)
     processor = CardioProcessor(preprocess, modalities)
@@ -54,10 +61,12 @@ def prepare_data(cfg: PretrainConfig, accelerator, model: nn.Module, manifest: s
         write_json(out / "prepare.json", prepare_cache(used, cache_dir, processor, progress=progress,
                                                        num_workers=cfg.num_workers))
     accelerator.wait_for_everyone()
-    failed = set(json.loads((out / "prepare.json").read_text(encoding="utf-8"))["failed"])
-    if failed and accelerator.is_main_process:
-        log.warning("%d studies failed to decode and are left out (see %s): %s", len(failed),
-                    out / "prepare.json", sorted(failed)[:10])
+    prepared = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+    failed = dict(sorted(prepared["failed"].items()))
+    if accelerator.is_main_process:
+        log_failures(failed, "prepare")
+    # every study the run reads: decoded now, reused from the cache, or failed
+    cfg.failure_policy.check(failed, prepared["prepared"] + prepared["reused"] + len(failed), manifest)
     train_studies = [s for s in _studies_for_run(cfg, studies, modalities) if s.study_id not in failed]
     dataset = _training_dataset(cfg, model, train_studies, processor, cache_dir)
     sampler = _rank_sampler(cfg, accelerator, dataset)

@@ -12,7 +12,12 @@ states, ends with the same weights as an uninterrupted run.
 
 Outputs in OUT/: metrics.jsonl (one line per log step), tensorboard/, checkpoints/step_N/,
 final/ (a `save_pretrained` folder, preprocess config inside), run.json (summary), ranks/
-(one file per rank with a parameter checksum), config.yaml (the resolved run config).
+(one file per rank with a parameter checksum), config.yaml (the resolved run config),
+prepare.json (this session's cache preparation) and skipped_studies.json.
+
+Studies that fail to decode are skipped under `max_failed_fraction` (default 1%; more stops the
+run before training) and listed with their reasons in run.json's "skipped_studies", which keeps
+those of the sessions before a `--resume`.
 
 The modules of `mmcardio.train`: config (the run config), data (studies, cache, loader, text
 vocabulary), objective (what is optimised), loop (the steps and logs), checkpoint (save and
@@ -30,6 +35,7 @@ from torch import nn
 
 from mmcardio.config import save_config, to_dict
 from mmcardio.errors import ConfigError, MMCardioError
+from mmcardio.failures import read_skipped, remember_skipped
 from mmcardio.io import write_json
 from mmcardio.model import LOSS_ONLY_PARAMETERS, OPTIONAL_STATE, CardioCLIP
 from mmcardio.model_config import WEIGHTS_FILE, build_config
@@ -80,6 +86,8 @@ def run_pretraining(cfg: PretrainConfig, manifest: str | Path, out: str | Path,
     set_seed(cfg.seed)
     model = _model_for_run(cfg, accelerator, manifest, out)
     data = prepare_data(cfg, accelerator, model, manifest, Path(cache) if cache else out / "cache", out, progress)
+    if accelerator.is_main_process:
+        remember_skipped(out, data.failed, resumed=resume_from is not None)
     run = prepare_training(cfg, accelerator, model, data)
     state = restore(accelerator, resume_from, out)
     if accelerator.is_main_process:
@@ -176,7 +184,7 @@ def _run_summary(cfg: PretrainConfig, accelerator, out: Path, state: TrainState,
             "distributed_type": str(accelerator.distributed_type), "steps": state.step,
             "epochs": round(state.step / run.steps_per_epoch, 3), "samples": state.samples,
             "train_studies": len(data.dataset),
-            "skipped_studies": sorted(data.failed),
+            "skipped_studies": read_skipped(out),  # this session's and the earlier ones'
             "first_loss": lines[0]["loss"] if lines else None,
             "final_loss": lines[-1]["loss"] if lines else None,
             "samples_per_s": state.samples / state.seconds if state.seconds else None,

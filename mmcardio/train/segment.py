@@ -13,6 +13,10 @@ metrics.jsonl, `resume`, config.yaml, run.json. OUT/final is a segmenter folder
 base weights there, the adapter alone into OUT/final/adapters/<modality> (`load_lora`) and
 carries on the adapters of the folder it started from. Each rank takes its own share of the frames
 (`DistributedSampler`), so the data position is (epoch, batches done).
+
+Every series is read once before training: a study with an image or label map that cannot be
+read is left out whole, logged and listed with its reason in run.json's "skipped_studies"
+(kept across `--resume`), under `max_failed_fraction` (default 1%; more stops the run).
 """
 from __future__ import annotations
 
@@ -44,6 +48,13 @@ from mmcardio.adapters.segmenter import (
 )
 from mmcardio.config import check_fields, load_run_config, save_config
 from mmcardio.errors import ConfigError
+from mmcardio.failures import (
+    FAILED_FRACTION_KEY,
+    FailureLimit,
+    log_failures,
+    read_skipped,
+    remember_skipped,
+)
 from mmcardio.io import write_json
 from mmcardio.model_config import WEIGHTS_FILE
 from mmcardio.records import STRUCTURES
@@ -58,11 +69,11 @@ from mmcardio.train.steps import epoch_loader, run_steps
 from mmcardio.weights import load_weights
 
 #: Keys that may change on resume: they do not change what is computed.
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers")
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers", FAILED_FRACTION_KEY)
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(FailureLimit):
     """A segmenter training run.
 
     model: a SAM registry name ("tiny", "vit_b", "medsam_vit_b") or a SamConfig file.
@@ -81,6 +92,8 @@ class SegmentConfig:
     box_jitter: each box side moves by up to this share of the box size (0 = the exact box).
     batch_size: frames per process per step. max_steps: optimizer steps.
     checkpoint_every: steps between checkpoints (0 = none); keep_checkpoints: how many stay.
+    max_failed_fraction (from `FailureLimit`): the share of the studies read that may fail
+        to read and be left out (default 0.01; more stops the run before training).
     """
 
     model: str = "tiny"
@@ -118,6 +131,7 @@ class SegmentConfig:
                   ("checkpoint_every", self.checkpoint_every >= 0, "expected 0 (off) or more"),
                   ("log_every", self.log_every >= 1, "expected at least 1")]
         check_fields(self, checks)
+        super().__post_init__()
 
 
 def load_segment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SegmentConfig:
@@ -213,6 +227,9 @@ def run_segment_training(cfg: SegmentConfig, manifest: str | Path, out: str | Pa
         check_resume_config(out, cfg, RESUMABLE_CHANGES)
     set_seed(cfg.seed)
     run = _prepare(cfg, accelerator, manifest)
+    if accelerator.is_main_process:
+        log_failures(run.frames.failed, f"segment {cfg.modality}")
+        remember_skipped(out, run.frames.failed, resumed=resume_from is not None)
     state = restore(accelerator, resume_from, out)
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
@@ -226,13 +243,15 @@ def run_segment_training(cfg: SegmentConfig, manifest: str | Path, out: str | Pa
 
 
 def _prepare(cfg: SegmentConfig, accelerator, manifest: str | Path) -> SegmentRun:
-    """Frames of the training splits, the model, AdamW over its trainable parameters and the
-    cosine schedule, through `accelerator.prepare`."""
+    """Frames of the training splits (the studies that cannot be read left out, under the
+    failure limit), the model, AdamW over its trainable parameters and the cosine schedule,
+    through `accelerator.prepare`."""
     studies = [s for s in read_manifest(manifest) if s.split in cfg.train_splits]
     model, base_state = build_segmenter_model(cfg)
     image_size = sam_config(cfg.model).image_size
     frames = SegmentationFrames(studies, cfg.modality, cfg.structures, image_size, cfg.box_jitter, cfg.seed,
-                                cfg.frames_per_series, cfg.max_series)
+                                cfg.frames_per_series, cfg.max_series, skip_unreadable=True)
+    cfg.failure_policy.check(frames.failed, frames.studies_read, manifest)  # on every rank: all stop
     if len(frames) < cfg.batch_size * accelerator.num_processes:
         raise ConfigError(f"{len(frames)} training frames show {cfg.structures} in {cfg.modality} (splits "
                           f"{cfg.train_splits}); expected at least batch_size x processes", manifest)
@@ -295,6 +314,7 @@ def _summary(cfg: SegmentConfig, accelerator, run: SegmentRun, state: TrainState
     return {"status": "finished", "model": cfg.model, "init_from": cfg.init_from, "modality": cfg.modality,
             "structures": cfg.structures, "lora_rank": cfg.lora_rank, "steps": state.step,
             "world_size": accelerator.num_processes, "train_frames": len(run.frames),
+            "skipped_studies": read_skipped(out),  # this session's and the earlier ones'
             "trainable_share": trainable_share(model),
             "first_loss": lines[0]["loss"] if lines else None, "final_loss": lines[-1]["loss"] if lines else None,
             "seconds": round(state.seconds, 2),
