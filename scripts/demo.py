@@ -226,8 +226,11 @@ def main() -> None:
     # would cost the demo a minute.
     check = step("validate the manifest", mmcardio("validate", manifest, "--no-read"))
     read = read_examples(cohort)
+    # --no-deidentify: phantoms are nobody, and the demo's later steps name its studies by id; on
+    # patients' data, prepare de-identifies and the next commands read CACHE/manifest.csv.
     step("prepare the preprocessed cache", mmcardio("prepare", "--manifest", manifest, "--out", cache,
-                                                    "--config", args.config, "--workers", 2))
+                                                    "--config", args.config, "--workers", 2,
+                                                    "--no-deidentify"))
     mae = launch(args.config, manifest, cache, out / "mae", "stage=mae")
     align = launch(args.config, manifest, cache, out / "align", "stage=align",
                    f"init_from={out / 'mae' / 'final'}", *args.align_set)
