@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +54,9 @@ def emit(result: Any, as_json: bool, text: str | None = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # stderr: our progress notes (resuming, skipped studies) and the libraries' warnings
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mmcardio").setLevel(logging.INFO)
     try:
         code = args.func(args)
     except MMCardioError as err:

@@ -4,6 +4,9 @@ Files are written beside their place and renamed over it. A folder that already 
 swapped with its replacement in one step (Linux `renameat2(RENAME_EXCHANGE)`); where the
 system cannot swap, the old folder is moved aside first, and a kill between the two renames
 is repaired by the next write of that path. Temporaries of dead processes are removed then.
+
+A completed write is durable: what was written is flushed to disk (`fsync_tree`) before the
+rename, and the parent folder after it, so a power cut cannot leave a renamed but empty file.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_FSYNC_FILE_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY  # Windows flushes writable handles only
 
 
 @contextlib.contextmanager
@@ -35,12 +39,42 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = work / path.name
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.is_dir() and not path.is_symlink():
             _replace_folder(tmp, path, work / (path.name + ".old"))
         else:
             os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a written file to disk, or every file of a written folder and its folders
+    (symbolic links are left alone: what they point to was not written here)."""
+    if not path.is_dir() or path.is_symlink():
+        _fsync(path, _FSYNC_FILE_FLAGS)
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            if not os.path.islink(file := os.path.join(root, name)):
+                _fsync(file, _FSYNC_FILE_FLAGS)
+        fsync_dir(root)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk; Windows cannot open
+    a folder, and its renames are journaled by NTFS."""
+    if os.name != "nt":
+        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace_folder(new: Path, path: Path, aside: Path) -> None:
@@ -81,7 +115,18 @@ def _clean_stale_temporaries(path: Path) -> None:
             continue
         if not path.exists() and (work / (path.name + ".old")).exists() and (work / path.name).exists():
             os.replace(work / path.name, path)
+            fsync_dir(path.parent)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """`_clean_stale_temporaries` for every path of `folder`: for a folder of many files, where
+    a kill after a rename left the temporary of a file that will not be written again."""
+    folder = Path(folder)
+    for work in folder.glob(".*.*.*") if folder.is_dir() else []:
+        parts = work.name[1:].rsplit(".", 2)  # NAME.PID.RANDOM (mkdtemp's suffix has no dot)
+        if len(parts) == 3 and parts[1].isdigit():
+            _clean_stale_temporaries(folder / parts[0])
 
 
 def _alive(pid: int) -> bool:

@@ -1,14 +1,21 @@
 """Session-wide test settings."""
 from __future__ import annotations
 
-import pytest
+import os
+import shutil
+import tempfile
+
+_KEY_ENV = "MMCARDIO_DEID_KEY_FILE"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def deid_key_outside_home(tmp_path_factory):
+def pytest_configure(config):
     """`mmcardio prepare` de-identifies by default and creates its key file on first use: the
-    tests' key lives in a temporary folder, never in the user's ~/.config."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MMCARDIO_DEID_KEY_FILE", str(tmp_path_factory.mktemp("deid-key") / "deid.key"))
-    yield
-    mp.undo()
+    tests' key (and that of every command they start) lives in a temporary folder, never in
+    the user's ~/.config. Set before collection, as test modules copy the environment."""
+    folder = tempfile.mkdtemp(prefix="mmcardio-test-key-")
+    config._deid_key_folder = folder
+    os.environ[_KEY_ENV] = os.path.join(folder, "deid.key")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_deid_key_folder", ""), ignore_errors=True)

@@ -1,9 +1,12 @@
-"""Atomic writes leave the old file intact when the write fails, swap folders in one step, and
-repair what a kill between two renames left."""
+"""Atomic writes leave the old file intact when the write fails, swap folders in one step,
+repair what a kill between two renames left, and flush what they wrote to disk."""
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +77,88 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
         tmp.mkdir()
     assert not stale.exists() and live.exists()
     assert not (tmp_path / "final" / "final").exists()
+
+
+def traced_calls(script: str, tmp_path) -> list[tuple[str, list[str]]]:
+    """(system call, paths) of each fsync and rename `script` makes, in order, as strace sees them."""
+    if sys.platform != "linux" or shutil.which("strace") is None:
+        pytest.skip("observes the system calls with strace (Linux)")
+    trace = tmp_path / "trace.txt"
+    done = subprocess.run(["strace", "-f", "-y", "-e", "trace=fsync,rename,renameat,renameat2", "-o", str(trace),
+                           sys.executable, "-c", script], check=False, capture_output=True, text=True)
+    if done.returncode and "ptrace" in done.stderr:  # a sandbox that forbids tracing
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr
+    calls = []
+    for line in trace.read_text().splitlines():
+        found = re.match(r"\d+\s+(fsync|rename|renameat|renameat2)\((.*)\)\s+=\s+0", line)
+        if found:
+            name, args = found.groups()
+            calls.append((name, re.findall(r"\d+<([^>]*)>", args) if name == "fsync" else re.findall(r'"([^"]*)"', args)))
+    return calls
+
+
+def renamed_to(calls: list[tuple[str, list[str]]], target: str) -> int:
+    """Position of the call that renamed something to `target`."""
+    return next(i for i, (name, paths) in enumerate(calls) if name != "fsync" and paths[-1] == target)
+
+
+def test_a_completed_folder_write_is_flushed_before_and_after_its_rename(tmp_path):
+    root = tmp_path / "out"
+    calls = traced_calls(f"""
+from pathlib import Path
+from mmcardio.io import atomic_path
+root = Path({str(root)!r})
+(root / "model").mkdir(parents=True)  # replaced: the swap
+for name in ("model", "fresh"):  # and created: a plain rename
+    with atomic_path(root / name) as tmp:
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "weights.bin").write_bytes(b"w")
+        (tmp / "sub" / "config.json").write_text("{{}}")
+""", tmp_path)
+    for name in ("model", "fresh"):
+        at = renamed_to(calls, str(root / name))
+        before = {Path(p).relative_to(root) for call, paths in calls[:at] if call == "fsync" for p in paths
+                  if Path(p).is_relative_to(root) and f".{name}." in p}
+        work = {p.parts[0] for p in before}
+        assert len(work) == 1, before  # one temporary folder, all its files and folders flushed:
+        assert {p.relative_to(next(iter(work))) for p in before} == \
+            {Path(name), Path(name, "weights.bin"), Path(name, "sub"), Path(name, "sub", "config.json")}
+        assert calls[at + 1] == ("fsync", [str(root)])  # the rename itself, in the parent folder
+
+
+def test_a_checkpoint_is_flushed_before_it_is_named_complete(tmp_path):
+    out = tmp_path / "run"
+    calls = traced_calls(f"""
+from pathlib import Path
+import torch
+from accelerate import Accelerator
+from mmcardio.train.checkpoint import TrainState, save_checkpoint
+accelerator = Accelerator(cpu=True)
+model = torch.nn.Linear(2, 2)
+optimizer = torch.optim.AdamW(model.parameters())
+model, optimizer = accelerator.prepare(model, optimizer)
+for step in (1, 2):
+    save_checkpoint(accelerator, Path({str(out)!r}), TrainState(step=step), keep=1)
+""", tmp_path)
+    checkpoints = out / "checkpoints"
+    at = renamed_to(calls, str(checkpoints / "step_2"))
+    partial = checkpoints / ".step_2.partial"
+    flushed = {Path(p).relative_to(partial) for call, paths in calls[:at] if call == "fsync" for p in paths
+               if Path(p).is_relative_to(partial)}
+    assert {Path("train_state.json"), Path("model.safetensors"), Path("optimizer.bin"), Path(".")} <= flushed
+    assert len(flushed) >= len(list((checkpoints / "step_2").rglob("*"))) + 1  # every file and the folder
+    assert calls[at + 1] == ("fsync", [str(checkpoints)])
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2"]  # step_1 deleted, nothing half-way
+
+
+def test_stale_temporaries_of_every_file_in_a_folder_are_removed(tmp_path):
+    """A kill after a file's rename leaves its emptied temporary; no later write of that file
+    comes to remove it, so the folder is swept."""
+    (tmp_path / "a.safetensors").write_bytes(b"done")
+    stale = tmp_path / f".a.safetensors.{dead_pid()}.k1ll3d"
+    stale.mkdir()
+    live = tmp_path / f".b.safetensors.{io.os.getpid()}.busy"
+    live.mkdir()
+    io.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.safetensors", live.name])

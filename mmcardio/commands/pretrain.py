@@ -41,15 +41,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import logging
-
     from accelerate import PartialState
 
     from mmcardio.failures import skipped_note
     from mmcardio.train.config import load_pretrain_config
     from mmcardio.train.pretrain import run_pretraining
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = run_pretraining(load_pretrain_config(args.config, args.overrides), args.manifest, args.out,
                               cache=args.cache, resume=args.resume, progress=not args.json)
     if not PartialState().is_main_process:  # every rank has the summary; one prints it

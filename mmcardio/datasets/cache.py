@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmcardio.datasets.preprocess_config import PreprocessConfig
 from mmcardio.errors import ConfigError, MMCardioError
-from mmcardio.io import atomic_path, write_json
+from mmcardio.io import atomic_path, remove_stale_temporaries, write_json
 from mmcardio.processor import MODALITY_NAMES, CardioProcessor, wanted_modalities
 from mmcardio.study import Study, read_manifest
 
@@ -154,6 +154,7 @@ def prepare_cache(manifest: str | Path | Sequence[Study], out: str | Path, proce
         StudyCache(folder, cfg, modalities)  # refuses a folder made with another config
     else:
         write_json(folder / CACHE_CONFIG, cfg.to_dict())
+    remove_stale_temporaries(folder / CACHE_STUDIES)  # of a run killed while writing
     index = _read_json(folder / CACHE_INDEX) if (folder / CACHE_INDEX).is_file() else {}
     entries: dict[str, dict] = index.get("studies", {})
     todo, n_wanted = [], 0

@@ -26,7 +26,7 @@ from mmcardio.config import save_config
 from mmcardio.errors import ConfigError
 from mmcardio.eval.prompts import FINDINGS
 from mmcardio.failures import FAILED_FRACTION_KEY, log_failures, read_skipped, remember_skipped
-from mmcardio.io import write_json
+from mmcardio.io import atomic_path, write_json
 from mmcardio.report.bundle import ReportBundle
 from mmcardio.report.config import ReportHeadConfig
 from mmcardio.report.evidence import (
@@ -242,11 +242,12 @@ def _head(cfg: ReportHeadConfig, out: Path, texts: list[str], clip_dim: int) -> 
     from transformers import AutoTokenizer
 
     folder = out / "tokenizer"
-    if folder.is_dir():
+    if (folder / "tokenizer.json").is_file():  # written whole: a kill never leaves half of it
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     else:
         tokenizer = train_tokenizer(texts, cfg.tiny.vocab_size)
-        tokenizer.save_pretrained(folder)
+        with atomic_path(folder) as tmp:
+            tokenizer.save_pretrained(tmp)
     lm = build_tiny_lm(cfg, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     return ReportHead(lm, tokenizer, clip_dim, cfg.prefix_tokens)
 

@@ -1,9 +1,10 @@
 """Checkpoints of a run: OUT/checkpoints/step_N folders (accelerate's state plus the data
 position), resuming from one, the resume-time config check, and the final model folder.
 
-A checkpoint is never half-written: it is saved into a hidden `.step_N.partial` folder and
-renamed when complete, and only complete ones (with train_state.json) are resumed from or
-count towards `keep_checkpoints`.
+A checkpoint is never half-written: it is saved into a hidden `.step_N.partial` folder,
+flushed to disk and renamed when complete, and only complete ones (with train_state.json) are
+resumed from or count towards `keep_checkpoints`. One is deleted by renaming it hidden first,
+so a kill mid-deletion never leaves a `step_N` with train_state.json but without weights.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from torch import nn
 from mmcardio.config import load_config, to_dict
 from mmcardio.datasets.preprocess_config import dict_differences
 from mmcardio.errors import ConfigError, MMCardioError
-from mmcardio.io import write_json, write_text
+from mmcardio.io import fsync_dir, fsync_tree, write_json, write_text
 from mmcardio.train.objective import PretrainObjective
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ def resolve_resume(resume: str | bool | None, out: Path) -> Path | None:
             return None
         return found[-1]
     folder = Path(resume)
+    if folder.name.startswith("."):  # `.step_N.partial`: a kill may have cut it short
+        raise MMCardioError("not a complete checkpoint (a hidden folder is one being written or "
+                            "deleted); resume from a step_N folder", folder)
     if not (folder / "train_state.json").is_file():
         raise MMCardioError("not a checkpoint folder (no train_state.json)", folder)
     return folder
@@ -71,28 +75,49 @@ def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int) -> Pat
     final = out / "checkpoints" / f"step_{state.step}"
     partial = final.with_name(f".{final.name}.partial")
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_unfinished(final.parent)  # of this run's earlier kills (no rank writes yet)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(partial / "train_state.json", dataclasses.asdict(state))
-        shutil.rmtree(final, ignore_errors=True)
+        fsync_tree(partial)  # every rank's files on disk before the name says "complete"
+        if final.exists():  # a resume from an earlier checkpoint redoes this step
+            _remove_checkpoint(final)
         os.replace(partial, final)
+        fsync_dir(final.parent)
         for old in checkpoint_dirs(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
 
 
+def _remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint; renamed hidden first, so it stops being complete in one step."""
+    hidden = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _remove_unfinished(folder: Path) -> None:
+    """Checkpoints a kill left half-written (`.step_N.partial`) or half-deleted (`.deleting`)."""
+    for leftover in folder.glob(".step_*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def restore(accelerator, resume_from: Path | None, out: Path) -> TrainState:
     """Load a checkpoint (weights, optimizer, scheduler, RNG) and its data position; a fresh
-    run starts a new metrics.jsonl, a resumed one drops the lines logged after the checkpoint."""
+    run starts a new metrics.jsonl, a resumed one drops the lines logged after the checkpoint.
+    What killed runs left half-written or half-deleted under checkpoints/ goes."""
     metrics_file = out / "metrics.jsonl"
+    if accelerator.is_main_process and (out / "checkpoints").is_dir():
+        _remove_unfinished(out / "checkpoints")
     if resume_from is None:
         if accelerator.is_main_process:
             metrics_file.unlink(missing_ok=True)
         return TrainState()
+    log.info("resuming from %s", resume_from)
     try:
         accelerator.load_state(str(resume_from))
         state = TrainState(**json.loads((resume_from / "train_state.json").read_text(encoding="utf-8")))

@@ -30,8 +30,12 @@ def epoch_loader(cfg: Any, accelerator, dataset: Dataset, state: TrainState, key
     sampler.set_epoch(state.epoch)
     order = [(i, state.epoch) for i in sampler] if keyed else list(sampler)
     batches = [order[b: b + cfg.batch_size] for b in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    # Its own generator: without one, every iter() of a DataLoader draws its workers' base seed
+    # from torch's global RNG, so a resumed run (one more loader per resume) would see other
+    # dropout than an uninterrupted one; and the workers' seeds depend on the epoch alone.
+    generator = torch.Generator().manual_seed(cfg.seed + state.epoch)
     return DataLoader(dataset, batch_sampler=batches[state.batch_in_epoch:], num_workers=cfg.num_workers,
-                      collate_fn=collate_fn)
+                      collate_fn=collate_fn, generator=generator)
 
 
 def run_steps(cfg: Any, accelerator, make_loader: Callable[[TrainState], DataLoader],
