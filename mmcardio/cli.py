@@ -54,9 +54,10 @@ def emit(result: Any, as_json: bool, text: str | None = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # stderr: our progress notes (resuming, skipped studies) and the libraries' warnings
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mmcardio").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:  # a program calling main() configures its own logging
+        # stderr: our progress notes (resuming, skipped studies) and the libraries' warnings
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("mmcardio").setLevel(logging.INFO)
     try:
         code = args.func(args)
     except MMCardioError as err:

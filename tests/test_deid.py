@@ -43,6 +43,9 @@ from mmcardio.study import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+#: A report head small enough for seconds of training (sizes as tests/test_report_head.py's).
+REPORT_HEAD = ["max_steps=2", "batch_size=4", "tiny.n_layer=1", "tiny.n_embd=32", "tiny.vocab_size=400",
+               "log_every=1", "max_failed_fraction=1"]
 FAST = ["batch_size=4", "log_every=1", "num_workers=0", "optimizer.warmup_steps=2", "max_steps=2",
         "checkpoint_every=2"]
 N_STUDIES, SEED = 5, 11
@@ -263,11 +266,18 @@ def test_no_planted_identifier_is_written_by_prepare_or_the_commands_after_it(pl
         ["retrieve", "mitral regurgitation", "--index", str(run / "index"), "--k", "3", "--json"],
         ["zeroshot", "--model", str(run / "model" / "final"), "--manifest", str(manifest), "--split", "all",
          "--out", str(run / "zeroshot"), "--store", str(run / "store"), "--bootstrap", "20", "--json"],
+        ["report", "train", "--manifest", str(manifest), "--out", str(run / "report"), "--json",
+         *(x for item in REPORT_HEAD for x in ("--set", item)),
+         "--set", f"clip_model={run / 'model' / 'final'}", "--set", f"store={run / 'store'}"],
     ]
     for argv in steps:
         code, _ = run_logged(argv, run / "logs")
         assert code == 0, (run / "logs" / f"{argv[0]}.stderr").read_text()[-2000:]
     assert (run / "zeroshot" / "metrics.json").is_file()
+    draft = ["report", "--model", str(run / "report" / "final"), "--manifest", str(manifest),
+             "--study", studies[0].study_id, "--json"]
+    code, printed = run_logged(draft, run / "logs" / "draft")
+    assert code in (0, 3) and json.loads(printed)["study_id"] == studies[0].study_id  # drafted or declined
 
     assert leaks([out, run], tokens) == []
     assert not any(p.name == "deid.key" for p in out.rglob("*"))  # the key never goes into OUT
