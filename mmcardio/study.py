@@ -214,12 +214,14 @@ def _short_echo(part: str) -> dict:
 
 def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> Study:
     """Parse one manifest row; raises ManifestError naming the row and column."""
-    def path_of(value: Any) -> Path:
-        p = Path(str(value))
-        return p if p.is_absolute() else root / p
-
     def fail(column: str, message: str) -> ManifestError:
         return ManifestError(f"row {index}: {message}", source, column)
+
+    def path_of(value: Any, column: str) -> Path:
+        if "\x00" in str(value):  # no file system takes it; os calls raise ValueError on it
+            raise fail(column, f"expected a file path, got {_shown(value)} (holds a NUL character)")
+        p = Path(str(value))
+        return p if p.is_absolute() else root / p
 
     def text(column: str, default: str | None = None) -> str | None:
         return default if _empty(row.get(column)) else str(row[column])
@@ -233,6 +235,8 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
             value = _structured(row.get(col), col)
         except json.JSONDecodeError as err:
             raise fail(col, f"expected JSON, {expected}; got {_shown(row.get(col))} ({err.msg})") from None
+        except RecursionError:  # json's decoder gives up on nesting deeper than the stack
+            raise fail(col, f"expected JSON, {expected}; got {_shown(row.get(col))} (nested too deeply)") from None
         if value is not None and not well_shaped(value):
             raise fail(col, f"expected {expected}; got {_shown(row.get(col))}")
         parsed[col] = value if value is not None else ([] if col == "echo" else {})
@@ -243,11 +247,11 @@ def study_from_row(row: dict[str, Any], root: Path, index: int, source: str) -> 
         raise fail("age", f"expected years as a number, got {_shown(age)}") from None
     return Study(
         study_id=text("study_id"), patient_id=text("patient_id"), split=text("split", "train"),
-        ecg=None if _empty(row.get("ecg")) else path_of(row["ecg"]),
-        echo=[EchoClip(path_of(c["path"]), str(c.get("view") or "OTHER").upper()) for c in parsed["echo"]],
-        cmr=None if _empty(row.get("cmr")) else path_of(row["cmr"]),
-        ct=None if _empty(row.get("ct")) else path_of(row["ct"]),
-        masks={str(k): path_of(v) for k, v in parsed["masks"].items()},
+        ecg=None if _empty(row.get("ecg")) else path_of(row["ecg"], "ecg"),
+        echo=[EchoClip(path_of(c["path"], "echo"), str(c.get("view") or "OTHER").upper()) for c in parsed["echo"]],
+        cmr=None if _empty(row.get("cmr")) else path_of(row["cmr"], "cmr"),
+        ct=None if _empty(row.get("ct")) else path_of(row["ct"], "ct"),
+        masks={str(k): path_of(v, "masks") for k, v in parsed["masks"].items()},
         report=text("report", ""), reports={str(k): v for k, v in parsed["reports"].items() if not _empty(v)},
         report_lang=text("report_lang", "en"),
         translations={str(lang): {str(k): v for k, v in t.items() if not _empty(v)}

@@ -11,6 +11,10 @@ from pathlib import Path
 from mmcardio.errors import ManifestError
 from mmcardio.study import Problem, checked_rows, read_rows
 
+#: How a problem begins when a reader failed with something other than an MMCardioError: a
+#: bug in the reader (the fuzzer counts these), listed rather than raised.
+READER_FAILED = "the reader failed"
+
 
 def validate_manifest(path: str | Path, read_files: bool = True, progress: bool = False,
                       workers: int | None = None, data_root: str | Path | None = None) -> list[Problem]:
@@ -30,12 +34,21 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
         for column, file in study.files() if study else []:
             if str(file) in refused:
                 continue
-            if not file.exists():
-                problems.append(Problem(i, column, str(file), "file does not exist"))
+            missing = _missing(file)
+            if missing:
+                problems.append(Problem(i, column, str(file)[:300], missing))
             elif read_files:
                 to_read.append((i, column, file, study.ecg_lead_map))
     problems += _unreadable(to_read, workers, progress)
     return sorted(problems, key=lambda p: -1 if p.row is None else p.row)
+
+
+def _missing(file: Path) -> str:
+    """Why `file` cannot be read ("" when it exists): absent, or a name the system refuses."""
+    try:
+        return "" if file.exists() else "file does not exist"
+    except OSError as err:  # e.g. a name longer than the file system allows
+        return f"cannot look up this path ({err.strerror})"
 
 
 def _unreadable(files: list[tuple[int, str, Path, dict[str, str]]], workers: int | None,
@@ -71,5 +84,5 @@ def read_error(job: tuple[str, Path, dict[str, str]]) -> str | None:
     except MMCardioError as err:
         return err.problem
     except Exception as err:  # noqa: BLE001 - listed, not raised
-        return f"the reader failed: {type(err).__name__}" + (f": {err}" if str(err) else "")
+        return f"{READER_FAILED}: {type(err).__name__}" + (f": {err}" if str(err) else "")
     return None

@@ -526,3 +526,58 @@ def test_cli_read_pydicom_ecg(capsys):
     assert summary["modality"] == "ecg" and summary["units"] == "mV"
     assert len(summary["lead_names"]) == 12 and summary["duration_s"] == 10.0
     assert summary["shape"] == [12, 10000] and summary["fs_hz"] == 1000.0
+
+
+# --- XML safety: entity expansion and external entities are refused (defusedxml) ----------------
+
+#: "Billion laughs": 10 levels of 10 references expand to 10^9 characters (1 GB) if honoured.
+BILLION_LAUGHS = '<!DOCTYPE {root} [<!ENTITY a0 "ha">' + "".join(
+    f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 10)) + "]>"
+EXTERNAL_ENTITY = '<!DOCTYPE {root} [<!ENTITY a9 SYSTEM "file:///etc/passwd">]>'
+#: A parameter entity pulls a remote DTD into the internal subset (an XXE exfiltration step).
+PARAMETER_ENTITY = '<!DOCTYPE {root} [<!ENTITY % remote SYSTEM "http://127.0.0.1:9/evil.dtd"> %remote;]>'
+XML_ROOTS = {"muse": "RestingECG", "cardiosoft": "CardiologyXML", "aecg": "AnnotatedECG"}
+
+
+def hostile_xml(tmp_path, fmt: str, doctype: str, reference: str):
+    """A real `fmt` export (our writer) with `doctype` declared and `reference` used in a lead label
+    (the text a reader would expand and keep)."""
+    path = write_ecg(synthetic_ecg(seconds=1.0), tmp_path / f"{fmt}.xml", format=fmt)
+    text = path.read_text()
+    text = text.replace('<!DOCTYPE RestingECG SYSTEM "restecg.dtd">\n', "")  # ours, replaced below
+    head, body = text.split("?>", 1)
+    label = {"muse": "<LeadID>I</LeadID>", "cardiosoft": 'lead="I"', "aecg": 'code="MDC_ECG_LEAD_I"'}[fmt]
+    assert label in body
+    body = body.replace(label, label.replace("I<", f"I{reference}<").replace('I"', f'I{reference}"'), 1)
+    path.write_text(f"{head}?>\n{doctype.format(root=XML_ROOTS[fmt])}{body}")
+    return path
+
+
+@pytest.mark.parametrize("fmt", list(XML_ROOTS))
+@pytest.mark.parametrize("doctype, reference, names", [
+    (BILLION_LAUGHS, "&a9;", "a0"), (EXTERNAL_ENTITY, "&a9;", "file:///etc/passwd"),
+    (PARAMETER_ENTITY, "", "http://127.0.0.1:9/evil.dtd")], ids=["billion-laughs", "external", "parameter"])
+def test_xml_entities_are_refused_naming_the_file_and_why(tmp_path, fmt, doctype, reference, names):
+    import tracemalloc
+
+    path = hostile_xml(tmp_path, fmt, doctype, reference)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ReaderError) as caught:
+            read_ecg(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = caught.value
+    assert err.path == str(path) and err.field == "DOCTYPE"
+    assert "declares entities or external references" in err.problem and names in err.problem
+    assert peak < 20e6  # refused while parsing the DOCTYPE: nothing was expanded
+
+
+@pytest.mark.parametrize("fmt", list(XML_ROOTS))
+def test_the_same_files_without_the_entities_read(tmp_path, fmt):
+    """The hostile files above differ from a readable export only by their DOCTYPE: a DOCTYPE
+    naming an external DTD (as GE MUSE writes it) is read, and never fetched."""
+    path = hostile_xml(tmp_path, fmt, '<!DOCTYPE {root} SYSTEM "http://127.0.0.1:9/never-fetched.dtd">\n', "")
+    ecg = read_ecg(path)
+    assert ecg.signal.shape[0] == 12 and ecg.fs == 500.0

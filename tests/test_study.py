@@ -254,3 +254,37 @@ def test_a_reader_failure_without_a_message_is_still_a_problem(tmp_path, monkeyp
     monkeypatch.setattr(readers, "read_for_column", out_of_memory)
     listed = validate_manifest(tmp_path / "m.jsonl", workers=1)
     assert [(p.row, p.column, p.message) for p in listed] == [(0, "ecg", "the reader failed: MemoryError")]
+
+
+@pytest.mark.parametrize("column", sorted(STRUCTURED))
+@pytest.mark.parametrize("cell, reason", [('{"a": ', "Expecting value"), ("[1, 2", "Expecting ',' delimiter"),
+                                          ("{'a': 1}", "Expecting property name enclosed in double quotes")])
+def test_malformed_json_cells_name_row_column_and_the_json_error(tmp_path, column, cell, reason):
+    """Every JSON cell of a CSV manifest: broken JSON is a ManifestError naming the row, the column,
+    the shape expected and where the JSON broke, in read_manifest and in validate's list."""
+    cell = cell if column != "echo" else "[" + cell  # echo's short form takes text not starting with [ or {
+    _write_rows(tmp_path / "m.csv", [GOOD, {**GOOD, "study_id": "s1", column: cell}])
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(tmp_path / "m.csv")
+    err = raised.value
+    assert (err.path, err.field) == (str(tmp_path / "m.csv"), column)
+    assert err.problem.startswith(f"row 1: expected JSON, {STRUCTURED[column][0]}; got ")
+    assert reason in err.problem or column == "echo"
+    listed = validate_manifest(tmp_path / "m.csv", read_files=False)
+    assert [(p.row, p.column) for p in listed if p.file is None] == [(1, column)]
+
+
+@pytest.mark.parametrize("column, cell", [
+    ("echo", "A4C=../outside.mp4"), ("echo", '[{"path": "/etc/hosts", "view": "A4C"}]'),
+    ("masks", '{"echo:A4C": "../outside.mp4"}'), ("cmr", "sub/../../outside.nii.gz")])
+def test_every_path_column_is_confined_to_the_data_root(tmp_path, column, cell):
+    """Paths inside structured cells (echo clips, masks) and through `..` in the middle are
+    checked against the root like the plain columns."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    _write_rows(data / "m.csv", [{**GOOD, "study_id": "s1", column: cell}])
+    with pytest.raises(ManifestError, match=f"row 0: outside the data root {data}") as raised:
+        read_manifest(data / "m.csv", data_root=data)
+    assert raised.value.field.startswith(column)
+    listed = validate_manifest(data / "m.csv", data_root=data, workers=1)
+    assert [(p.row, p.column.split(".")[0]) for p in listed if "data root" in p.message] == [(0, column)]

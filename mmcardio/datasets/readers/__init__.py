@@ -10,7 +10,7 @@ from pathlib import Path
 from mmcardio.datasets.readers.dicom import dicom_kind
 from mmcardio.datasets.readers.dicom_series import read_dicom_series
 from mmcardio.datasets.readers.ecg import read_ecg
-from mmcardio.datasets.readers.limits import require_file
+from mmcardio.datasets.readers.limits import exists, require_file
 from mmcardio.datasets.readers.nifti import read_nifti
 from mmcardio.datasets.readers.video import is_image_sequence, read_video
 from mmcardio.errors import ReaderError
@@ -26,7 +26,7 @@ ECG_SUFFIXES = (".hea", ".dat", ".edf", ".rec", ".xml", ".npy", ".csv")
 def sniff(path: str | Path) -> str:
     """Return "ecg", "video" or "volume" from the file's content (folders are DICOM series)."""
     path = Path(path)
-    if not path.exists() and path.with_name(path.name + ".hea").exists():
+    if not exists(path) and exists(path.with_name(path.name + ".hea")):
         return "ecg"  # a WFDB record named without its extension
     if path.is_dir():
         return "volume"

@@ -6,6 +6,7 @@ converted to RAS+ with `LPS_TO_RAS`, by readers and writers alike.
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 import warnings
 from pathlib import Path
@@ -21,7 +22,8 @@ from mmcardio.datasets.readers.limits import check_claim, require_file
 from mmcardio.errors import ReaderError
 from mmcardio.modality import Modality
 
-__all__ = ["LPS_TO_RAS", "decode_pixels", "dicom_float", "dicom_int", "dicom_kind", "read_dicom_file"]
+__all__ = ["DICOM_READ_ERRORS", "LPS_TO_RAS", "dcmread_bounded", "decode_pixels", "dicom_float", "dicom_int",
+           "dicom_kind", "read_dicom_file"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,26 @@ VOLUME_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
 }
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: What pydicom raises on corrupt, truncated or nonsensical files and values (an IS of "inf" is
+#: an OverflowError, an undecodable text a UnicodeDecodeError, a ValueError subclass).
+DICOM_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, NotImplementedError,
+                     OverflowError, struct.error, BytesLengthException)
 #: DICOM Modality -> our modality, and the units a rescaled value has.
 VOLUME_MODALITIES = {"CT": (Modality.CT, "HU"), "MR": (Modality.CMR, "a.u.")}
+
+
+def dcmread_bounded(path: Path, **kwargs) -> Dataset:
+    """`pydicom.dcmread` over a read-only memory map of the file. pydicom reads an element by
+    asking for its stated length, and a file object allocates that length before reading
+    (a corrupt length of 0xFFFFFFF0 allocated 4 GB for a 40 kB CT slice); a map hands back
+    only the bytes that exist, and pages in only those read. kwargs: dcmread's."""
+    with open(path, "rb") as fh:
+        if not fh.seek(0, 2):
+            raise ReaderError("empty file (0 bytes)", path)
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            ds = pydicom.dcmread(mapped, **kwargs)
+            ds.filename = str(path)  # as dcmread(path) would set it
+            return ds
 
 
 def read_dicom_file(path: str | Path, *, header_only: bool = False, check_values: bool = True) -> Dataset:
@@ -59,15 +79,14 @@ def read_dicom_file(path: str | Path, *, header_only: bool = False, check_values
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=header_only)
+            ds = dcmread_bounded(path, stop_before_pixels=header_only)
             # pydicom converts values on first access: convert them all now, so that a corrupt
             # value fails here with the file's name rather than later in a caller.
             if check_values:
                 list(ds.iterall())
         except InvalidDicomError as err:
             raise ReaderError(f"not a DICOM file ({err})", path) from err
-        except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, NotImplementedError,
-                struct.error, BytesLengthException) as err:
+        except DICOM_READ_ERRORS as err:
             raise ReaderError(f"corrupt or truncated DICOM file ({type(err).__name__}: {err})", path) from err
     messages = [str(w.message) for w in caught]
     truncated = [message for message in messages if "end of file" in message.lower()]
@@ -75,9 +94,10 @@ def read_dicom_file(path: str | Path, *, header_only: bool = False, check_values
         raise ReaderError(f"truncated DICOM file ({truncated[0]})", path)
     for message in messages:  # pydicom's notes on non-conformant values: useful when debugging only
         log.debug("%s: %s", path, message)
-    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-        raise ReaderError("DICOM file meta has no TransferSyntaxUID (0002,0010): truncated or not Part 10",
-                          path, "TransferSyntaxUID")
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if not isinstance(syntax, str) or not syntax.strip():  # absent, empty, or several values
+        raise ReaderError(f"DICOM file meta has no TransferSyntaxUID (0002,0010) (found {syntax!r}): truncated, "
+                          "corrupt or not Part 10", path, "TransferSyntaxUID")
     if "SOPClassUID" not in ds:
         raise ReaderError("DICOM dataset has no SOPClassUID (0008,0016): truncated or incomplete header",
                           path, "SOPClassUID")
@@ -138,10 +158,74 @@ def _check_pixel_claim(ds: Dataset, path: str | Path) -> None:
     keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
     # native pixel data holds every bit (compressed, encapsulated data has no such bound);
     # compared in decoded bytes, as 1-bit pixels decode to a byte each
-    stored = None if ds.file_meta.TransferSyntaxUID.is_encapsulated else len(ds[keyword].value or b"")
+    encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated
+    stored = None if encapsulated else len(ds[keyword].value or b"")
     check_claim(path, "NumberOfFrames", pixels * max(bits, 8) // 8,
                 None if stored is None else stored * 8 // max(bits, 1) * max(bits, 8) // 8,
                 f"{frames} frames of {rows}x{columns}x{samples} at {bits} bits")
+    if encapsulated:
+        _check_encapsulated_claim(ds[keyword].value or b"", frames, rows, columns, path)
+
+
+ITEM, SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+#: JPEG start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC) and JPEG-LS's SOF55.
+JPEG_SOF_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def _check_encapsulated_claim(data: bytes, frames: int, rows: int, columns: int, path: str | Path) -> None:
+    """Compressed pixel data bounds no size, but it has structure: every frame takes at least
+    one fragment (PS3.5 A.4), and a JPEG, JPEG-LS or JPEG 2000 frame states its own size.
+    Checked before decoding: the decoder allocates every claimed frame before it finds out
+    (a cine claiming 65535 x 160 pixels per frame allocated 0.9 GB)."""
+    fragments, first = _fragments(data, path)
+    if frames > fragments:
+        raise ReaderError(f"NumberOfFrames is {frames} but the compressed pixel data holds {fragments} "
+                          "fragments, and each frame takes at least one: a truncated file or a corrupt header",
+                          path, "NumberOfFrames")
+    shape = codestream_shape(first)
+    if shape is not None and shape != (rows, columns):
+        raise ReaderError(f"Rows x Columns is {rows}x{columns} but the compressed frame is {shape[0]}x{shape[1]}",
+                          path, "Rows")
+
+
+def _fragments(data: bytes, path: str | Path) -> tuple[int, bytes]:
+    """The number of fragments after the Basic Offset Table, and the first one's leading bytes."""
+    position, count, first = 0, -1, b""  # the first item is the offset table, not a fragment
+    while position + 8 <= len(data):
+        group, element, length = struct.unpack_from("<HHI", data, position)
+        if (group, element) == SEQUENCE_END:
+            break
+        if (group, element) != ITEM or length == 0xFFFFFFFF:
+            raise ReaderError(f"encapsulated pixel data is malformed: expected an item at byte {position}",
+                              path, "PixelData")
+        if count == 0:
+            first = data[position + 8:position + 8 + min(length, 2**16)]
+        count, position = count + 1, position + 8 + length
+    return max(count, 0), first
+
+
+def codestream_shape(head: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG / JPEG-LS start-of-frame or a JPEG 2000 SIZ marker states; None
+    when `head` holds neither (RLE, or a height left to a later DNL marker)."""
+    siz = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ, also inside a JP2 box
+    if siz >= 0 and len(head) >= siz + 28:
+        width, height, x0, y0 = struct.unpack_from(">IIII", head, siz + 8)
+        return height - y0, width - x0
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 9 <= len(head):
+        if head[position] != 0xFF:
+            return None
+        marker = head[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in JPEG_SOF_MARKERS:
+            height, width = struct.unpack_from(">HH", head, position + 5)
+            return (height, width) if height else None
+        position += 2 + struct.unpack_from(">H", head, position + 2)[0]
+    return None
 
 
 def dicom_float(value) -> float | None:

@@ -27,7 +27,7 @@ from mmcardio.datasets.readers.dicom import (
     dicom_int,
     read_dicom_file,
 )
-from mmcardio.datasets.readers.limits import require_file
+from mmcardio.datasets.readers.limits import exists, require_file
 from mmcardio.errors import ReaderError
 from mmcardio.modality import Modality
 from mmcardio.records import Volume
@@ -92,7 +92,7 @@ def read_dicom_series(path: str | Path, modality: str | None = None, *, series_u
 
 def _series_headers(path: Path, series_uid: str | None) -> dict[Path, Dataset]:
     """Headers of the files of one series, chosen by `series_uid` or by being the only one."""
-    if not path.exists():
+    if not exists(path):
         raise ReaderError("file or folder does not exist", path)
     if not path.is_dir():
         require_file(path)
@@ -201,11 +201,10 @@ def _images_of(file: Path, header: Dataset) -> list[_Image]:
     return [_Image(
         label=label, position=_floats(_require(header, "ImagePositionPatient", label), 3, label, "ImagePositionPatient"),
         orientation=_floats(_require(header, "ImageOrientationPatient", label), 6, label, "ImageOrientationPatient"),
-        pixel_spacing=_floats(_require(header, "PixelSpacing", label), 2, label, "PixelSpacing"),
+        pixel_spacing=_floats(_require(header, "PixelSpacing", label), 2, label, "PixelSpacing", positive=True),
         shape=shape, trigger_time_ms=dicom_float(header.get("TriggerTime")),
         temporal_index=dicom_int(header.get("TemporalPositionIdentifier"), None),
-        slope=dicom_float(header.get("RescaleSlope")) or 1.0,
-        intercept=dicom_float(header.get("RescaleIntercept")) or 0.0,
+        slope=_rescale(header, "RescaleSlope", 1.0, label), intercept=_rescale(header, "RescaleIntercept", 0.0, label),
         load=lambda: _single_frame(file, shape),
     )]
 
@@ -237,13 +236,13 @@ def _enhanced_images(file: Path) -> list[_Image]:
             orientation=_floats(_require(_first_item(groups, "PlaneOrientationSequence"), "ImageOrientationPatient",
                                          label), 6, label, "ImageOrientationPatient"),
             pixel_spacing=_floats(_require(_first_item(groups, "PixelMeasuresSequence"), "PixelSpacing", label),
-                                  2, label, "PixelSpacing"),
+                                  2, label, "PixelSpacing", positive=True),
             shape=frames.shape[1:],
             trigger_time_ms=dicom_float(_first_item(groups, "CardiacSynchronizationSequence")
                                    .get("NominalCardiacTriggerDelayTime")),
             temporal_index=dicom_int(_first_item(groups, "FrameContentSequence").get("TemporalPositionIndex"), None),
-            slope=dicom_float(transform.get("RescaleSlope")) or 1.0,
-            intercept=dicom_float(transform.get("RescaleIntercept")) or 0.0,
+            slope=_rescale(transform, "RescaleSlope", 1.0, label),
+            intercept=_rescale(transform, "RescaleIntercept", 0.0, label),
             load=functools.partial(frames.__getitem__, index),
         ))
     return images
@@ -280,7 +279,11 @@ def _check_same_grid(images: list[_Image]) -> None:
 
 
 def _slice_normal(image: _Image) -> np.ndarray:
-    return np.cross(image.orientation[:3], image.orientation[3:])
+    normal = np.cross(image.orientation[:3], image.orientation[3:])
+    if np.linalg.norm(normal) < 1e-3:  # parallel or zero cosines: no plane, no slice order
+        raise ReaderError(f"row and column cosines {image.orientation.tolist()} span no plane", image.label,
+                          "ImageOrientationPatient")
+    return normal
 
 
 def _group_by_location(images: list[_Image]) -> list[list[_Image]]:
@@ -334,9 +337,7 @@ def _slice_step(positions: np.ndarray, firsts: list[_Image], header: Dataset, to
     """The constant vector between consecutive slice positions; a gap that differs from the
     others (a missing slice, mixed spacing) is an error."""
     if len(positions) == 1:
-        thickness = (dicom_float(header.get("SpacingBetweenSlices")) or dicom_float(header.get("SliceThickness"))
-                     or 1.0)
-        return _slice_normal(firsts[0]) * thickness
+        return _slice_normal(firsts[0]) * _single_slice_thickness(header, firsts[0].label)
     steps = np.diff(positions, axis=0)
     typical = np.median(steps, axis=0)
     deviation = np.linalg.norm(steps - typical, axis=1)
@@ -347,6 +348,19 @@ def _slice_step(positions: np.ndarray, firsts: list[_Image], header: Dataset, to
                           f"{firsts[k + 1].label}, where slices are {np.linalg.norm(typical):.4g} mm apart "
                           "(a missing slice or mixed spacing)", firsts[k].label, "ImagePositionPatient")
     return (positions[-1] - positions[0]) / (len(positions) - 1)
+
+
+def _single_slice_thickness(header: Dataset, label: str) -> float:
+    """The extent of a one-slice volume: SpacingBetweenSlices, else SliceThickness, else 1 mm."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = header.get(keyword)
+        if value in (None, ""):
+            continue
+        thickness = dicom_float(value)
+        if thickness is None or not 0 < thickness < 1e6:
+            raise ReaderError(f"expected a positive finite thickness in mm, found {value!r}", label, keyword)
+        return thickness
+    return 1.0
 
 
 def _affine(image: _Image, origin_lps: np.ndarray, step_lps: np.ndarray) -> np.ndarray:
@@ -368,11 +382,28 @@ def _frame_times(phases: list[list[_Image]]) -> list[float] | None:
     return [float(np.mean([image.trigger_time_ms for image in phase])) for phase in phases]
 
 
-def _floats(value, count: int, label: str, keyword: str) -> np.ndarray:
+def _floats(value, count: int, label: str, keyword: str, positive: bool = False) -> np.ndarray:
     try:
         array = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise ReaderError(f"expected {count} numbers, found {value!r}", label, keyword) from err
     if array.shape != (count,):
         raise ReaderError(f"expected {count} numbers, found {len(array)}", label, keyword)
+    # |x| below 1e150: geometry sums and cross products of these stay finite
+    if not np.all(np.abs(array) < 1e150) or (positive and not np.all(array > 0)):
+        raise ReaderError(f"expected {count} finite{' positive' if positive else ''} numbers, found "
+                          f"{array.tolist()}", label, keyword)
     return array
+
+
+def _rescale(ds: Dataset, keyword: str, default: float, label: str) -> float:
+    """RescaleSlope / RescaleIntercept; `default` when absent, refused when not a finite number
+    (every voxel would be NaN or infinite)."""
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return default
+    number = dicom_float(value)
+    if number is None or not np.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+        raise ReaderError(f"expected a finite{' non-zero' if keyword == 'RescaleSlope' else ''} number, "
+                          f"found {value!r}", label, keyword)
+    return number

@@ -21,12 +21,13 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
-import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.waveforms.numpy_handler import multiplex_array
 
+from mmcardio.datasets.readers.dicom import DICOM_READ_ERRORS, dcmread_bounded, dicom_int
 from mmcardio.datasets.readers.ecg_edf import edf_duration_s, read_edf
 from mmcardio.datasets.readers.ecg_leads import (
     DECLARED,
@@ -40,7 +41,7 @@ from mmcardio.datasets.readers.ecg_leads import (
 )
 from mmcardio.datasets.readers.ecg_wfdb import read_wfdb, wfdb_duration_s
 from mmcardio.datasets.readers.ecg_xml import Channel, mv_per_unit, read_ecg_xml
-from mmcardio.datasets.readers.limits import require_file
+from mmcardio.datasets.readers.limits import exists, require_file
 from mmcardio.errors import ReaderError
 from mmcardio.records import ECG, STANDARD_LEADS
 
@@ -170,9 +171,9 @@ def iter_ecg_windows(path: str | Path, window_s: float, hop_s: float | None = No
 
 def _detect_format(path: Path) -> tuple[str, Path]:
     """("wfdb" | "edf" | "dicom" | "xml" | "npy" | "csv", the path to read)."""
-    if not path.exists():
+    if not exists(path):
         header = path.with_name(path.name + ".hea")
-        if header.exists():  # a WFDB record stem
+        if exists(header):  # a WFDB record stem
             return "wfdb", header
         raise ReaderError("file does not exist", path)
     if path.is_dir():
@@ -218,10 +219,13 @@ def _read_dicom(path: Path) -> tuple[list[Channel], float | None]:
     """pydicom decodes the multiplex group (sensitivity x correction + baseline); the channel
     sensitivity units sequence then gives mV."""
     try:
-        ds = pydicom.dcmread(path, force=path.suffix.lower() == ".dcm")
+        ds = dcmread_bounded(path, force=path.suffix.lower() == ".dcm")
+        list(ds.iterall())  # convert every value now, so a corrupt one fails here, named
         groups = list(ds.get("WaveformSequence", []))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as err:
-        raise ReaderError(f"corrupt or truncated DICOM ({err})", path) from None
+    except InvalidDicomError as err:
+        raise ReaderError(f"not a DICOM file ({err})", path) from None
+    except DICOM_READ_ERRORS as err:
+        raise ReaderError(f"corrupt or truncated DICOM ({type(err).__name__}: {err})", path) from None
     sop_class = ds.get("SOPClassUID")
     if sop_class is None:
         raise ReaderError("not a DICOM object (no SOP Class UID); corrupt file?", path, "SOPClassUID")
@@ -233,8 +237,10 @@ def _read_dicom(path: Path) -> tuple[list[Channel], float | None]:
     definitions = list(group.get("ChannelDefinitionSequence", []))
     try:
         values = multiplex_array(ds, index, as_raw=False)
-    except (AttributeError, ValueError, KeyError) as err:
-        raise ReaderError(f"waveform data unreadable or truncated ({err})", path, "WaveformData") from None
+    except (AttributeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as err:
+        # TypeError: a channel's sensitivity or baseline that is not a number (pydicom adds it)
+        raise ReaderError(f"waveform data unreadable or truncated ({type(err).__name__}: {err})", path,
+                          "WaveformData") from None
     if len(definitions) != values.shape[1]:
         raise ReaderError(f"{values.shape[1]} channels but {len(definitions)} channel definitions",
                           path, "ChannelDefinitionSequence")
@@ -250,7 +256,7 @@ def _ecg_group_rank(group) -> tuple[int, bool, int]:
     labels = [_dicom_channel_label(ch) for ch in group.get("ChannelDefinitionSequence", [])]
     n_leads = sum(normalize_lead_name(label) is not None for label in labels)
     is_median = "MEDIAN" in str(group.get("MultiplexGroupLabel", "")).upper()
-    return n_leads, not is_median, int(group.get("NumberOfWaveformSamples", 0))
+    return n_leads, not is_median, dicom_int(group.get("NumberOfWaveformSamples"), 0)  # 0: absent or not one number
 
 
 def _dicom_channel_label(channel) -> str:
@@ -296,7 +302,7 @@ def _dicom_channel_mv(channel, path: Path) -> float:
 def _read_numpy(path: Path, units: str) -> list[Channel]:
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, TokenError, SyntaxError) as err:  # the last two: a garbled header dict
         raise ReaderError(f"corrupt or truncated .npy ({err})", path) from None
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise ReaderError(f"expected a 2-D numeric array [leads, samples], got {array.dtype} "
@@ -445,7 +451,7 @@ def _check_finite(leads: dict[str, np.ndarray], path: Path) -> None:
         if bad:
             raise ReaderError(f"lead {name} has {bad} NaN (missing or invalid) samples of "
                               f"{len(values)}", path, name)
-        largest = float(np.max(np.abs(values)))
+        largest = float(np.max(np.abs(values), initial=0.0))  # a window past a short lead is empty
         if largest > MAX_ABS_MV:
             raise ReaderError(f"lead {name} has a sample of {largest:.4g} mV, beyond the +-{MAX_ABS_MV:g} "
                               "mV of any surface ECG: wrong amplitude units or corrupt values", path, name)

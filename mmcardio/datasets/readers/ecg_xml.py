@@ -5,6 +5,11 @@ No maintained library reads these vendor schemas, so each is decoded here from i
 structure into `Channel`s (values in mV, labels as the file spells them) plus the sampling rate
 the file states. Lead naming, derivation and the sanity checks happen once, in `ecg.py`.
 Namespaces are stripped on parsing, so any prefix (or none) works.
+
+Files are parsed by defusedxml: an entity declaration (the "billion laughs" expansion, an
+external entity such as SYSTEM "file:///etc/passwd", a parameter entity pulling in a remote
+DTD) is refused, as no vendor ECG export declares entities. A DOCTYPE naming an external DTD
+(MUSE writes `<!DOCTYPE RestingECG SYSTEM "restecg.dtd">`) is allowed: it is never fetched.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import parse as parse_xml
 
 from mmcardio.errors import ReaderError
 
@@ -73,9 +80,16 @@ def read_ecg_xml(path: str | Path) -> tuple[list[Channel], float | None]:
 
 def _parse(path: str | Path) -> ET.Element:
     try:
-        root = ET.parse(path).getroot()
+        root = parse_xml(path).getroot()
+    except DefusedXmlException as err:
+        raise ReaderError(f"refused: the XML declares entities or external references ({err}); an "
+                          "ECG export declares none, and expanding them could exhaust memory or read "
+                          "other files", path, "DOCTYPE") from None
     except ET.ParseError as err:
         raise ReaderError(f"malformed or truncated XML ({err})", path) from None
+    except LookupError as err:  # the XML declaration names an encoding Python does not know
+        raise ReaderError(f"the XML declaration names an unknown character encoding ({err})", path,
+                          "encoding") from None
     for element in root.iter():
         element.tag = _local(element.tag)
     return root

@@ -21,10 +21,19 @@ DEFAULT_MAX_DECODED_BYTES = 4 * 2**30
 DEFLATE_MAX_RATIO = 1032
 
 
+def exists(path: Path) -> bool:
+    """`path.exists()`, with a name the system refuses to look up (longer than NAME_MAX, as a
+    manifest cell can hold) a ReaderError rather than an OSError."""
+    try:
+        return path.exists()
+    except OSError as err:
+        raise ReaderError(f"cannot look up this path ({err.strerror})", str(path)[:300] + "...") from None
+
+
 def require_file(path: Path) -> None:
     """Refuse a missing path, and anything but a regular file: reading a device (/dev/zero)
     or a pipe never ends."""
-    if not path.exists():
+    if not exists(path):
         raise ReaderError("file does not exist", path)
     if not path.is_file():
         kind = "a folder" if path.is_dir() else "a device, pipe or socket"

@@ -49,6 +49,8 @@ def read_nifti(path: str | Path, modality: str | None = None) -> Volume:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[..., None]
+    if data.ndim not in (3, 4) or data.size == 0:  # dim[0] of 0 or 1, or a dimension of 0
+        raise ReaderError(f"expected a 2-D, 3-D or 4-D image with voxels, found shape {data.shape}", path, "dim")
     header = image.header
     try:
         space_unit, time_unit = header.get_xyzt_units()
@@ -63,7 +65,7 @@ def read_nifti(path: str | Path, modality: str | None = None) -> Volume:
     description = _description(header)
     kind = _modality(modality, description)
     return Volume(
-        array=array, spacing_mm=tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(3)),
+        array=array, spacing_mm=_spacing_mm(affine, array.shape[-3:], path),
         affine=affine, units=_units(header, kind, description), modality=kind,
         frame_times_ms=_frame_times_ms(header, array.shape[0], time_unit, path) if array.ndim == 4 else None,
         source=str(path),
@@ -79,6 +81,17 @@ def _load(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         return image, np.asanyarray(image.dataobj)
     except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error) as err:
         raise ReaderError(f"not a readable NIfTI file, or truncated ({type(err).__name__}: {err})", path) from err
+
+
+def _spacing_mm(affine: np.ndarray, shape: tuple[int, ...], path: Path) -> tuple[float, float, float]:
+    """(z, y, x) voxel size from the affine; refused when the affine is not finite or an axis
+    holding more than one voxel has no extent (a corrupt pixdim, qform or sform): every
+    resampling divides by it. A single slice's zero thickness is left as the file states it."""
+    spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(3))
+    if not np.all(np.isfinite(affine)) or any(s <= 0 and n > 1 for s, n in zip(spacing, shape)):
+        raise ReaderError(f"voxel spacing {spacing} mm (z, y, x) from the header's affine is not finite and "
+                          "positive: pixdim, qform or sform is corrupt", path, "pixdim")
+    return spacing
 
 
 def _check_voxel_claim(image: nib.Nifti1Image, path: Path) -> None:
@@ -119,9 +132,11 @@ def _units(header, modality: str, description: str) -> str:
 def _frame_times_ms(header, frames: int, time_unit: str, path: Path) -> list[float] | None:
     """Times of the t index from pixdim[4] and toffset, in ms; None when the unit is not a time."""
     step = float(header["pixdim"][4])
-    if time_unit not in TIME_UNIT_TO_MS or step <= 0:
+    if time_unit not in TIME_UNIT_TO_MS or not (math.isfinite(step) and step > 0):
         log.debug("%s: time unit %r and step %s state no frame times", path, time_unit, step)
         return None
     scale = TIME_UNIT_TO_MS[time_unit]
     offset = float(header["toffset"])
+    if not math.isfinite(offset):
+        raise ReaderError(f"expected a finite time offset, found {offset}", path, "toffset")
     return [(offset + index * step) * scale for index in range(frames)]

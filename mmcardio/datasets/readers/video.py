@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, convert_color_space
 
 from mmcardio.datasets.readers.dicom import decode_pixels, read_dicom_file
@@ -44,6 +45,8 @@ GREY_SPACES = ("MONOCHROME1", "MONOCHROME2")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
 SEQUENCE_SUFFIXES = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
+#: Above this a frame rate is a corrupt value (high-frame-rate echo reaches a few thousand fps).
+MAX_FPS = 100_000.0
 #: What PyAV raises on a corrupt, truncated or stream-less file.
 DECODE_ERRORS = (OSError, ValueError, RuntimeError, IndexError, av.FFmpegError)
 #: CAMUS's sequences, whose frame rate is in Info_<view>.cfg beside them.
@@ -76,6 +79,9 @@ def read_image_sequence(path: str | Path, fps: float | None = None) -> Video:
     path = Path(path)
     frames, spacing, stated = read_frames(path)
     fps = fps or stated or _info_frame_rate(path)
+    if fps and not (np.isfinite(fps) and 0 < fps < MAX_FPS):
+        raise ReaderError(f"expected a frame rate in (0, {MAX_FPS:g}) fps, the header's time step gives {fps}",
+                          path, "pixdim")
     if not fps:
         raise ReaderError("no frame rate: expected a NIfTI (x, y, 1, t) with a time step (pixdim[4] in "
                           "a time unit), or CAMUS's Info_<view>.cfg with FrameRate beside the file", path, "fps")
@@ -150,6 +156,8 @@ def read_container_video(path: str | Path) -> Video:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]  # IndexError: no video stream
+            if stream.codec_context is None:
+                raise ReaderError("the video stream's codec is not one FFmpeg can decode", path, "codec")
             rate = stream.average_rate or stream.guessed_rate
             fps, declared = float(rate or 0), stream.frames  # frames: 0 when the header does not say
             frame_bytes = 3 * stream.codec_context.width * stream.codec_context.height
@@ -157,6 +165,9 @@ def read_container_video(path: str | Path) -> Video:
                         f"{declared} frames of {stream.codec_context.width}x{stream.codec_context.height} RGB")
             for frame in container.decode(stream):  # a header may understate its frames
                 frames.append(frame.to_ndarray(format="rgb24"))
+                if frames[-1].shape != frames[0].shape:  # a corrupt stream can change size midway
+                    raise ReaderError(f"frame {len(frames)} is {frames[-1].shape[:2]} pixels, the first "
+                                      f"{frames[0].shape[:2]}: a corrupt stream", path, "frames")
                 check_claim(path, "frames", len(frames) * frames[-1].nbytes, None, f"at least {len(frames)} frames")
     except DECODE_ERRORS as err:
         where = f" after {len(frames)} frames" if frames else ""
@@ -177,6 +188,8 @@ def container_frame_count(path: str | Path) -> tuple[int, int, int]:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise ReaderError("the video stream's codec is not one FFmpeg can decode", path, "codec")
             count = sum(1 for _ in container.decode(stream))
             return count, stream.codec_context.height, stream.codec_context.width
     except DECODE_ERRORS as err:
@@ -188,17 +201,25 @@ def _frame_rate(ds: Dataset, path: str | Path) -> float:
     rates CineRate / RecommendedDisplayFrameRate."""
     frame_time = _positive(ds.get("FrameTime"))
     if frame_time:
-        return 1000.0 / frame_time
+        return _checked_rate(1000.0 / frame_time, path, "FrameTime")
     vector = ds.get("FrameTimeVector")  # ms since the previous frame; the first entry is 0
-    mean_interval = _positive(np.mean([float(v) for v in vector[1:]])) if vector and len(vector) > 1 else None
+    intervals = list(vector)[1:] if isinstance(vector, MultiValue) else []  # one value is no list in pydicom
+    mean_interval = _positive(np.mean([float(v) for v in intervals])) if intervals else None
     if mean_interval:
-        return 1000.0 / mean_interval
+        return _checked_rate(1000.0 / mean_interval, path, "FrameTimeVector")
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
         rate = _positive(ds.get(keyword))
         if rate:
-            return rate
+            return _checked_rate(rate, path, keyword)
     raise ReaderError("no frame timing: expected FrameTime (0018,1063), FrameTimeVector (0018,1065) or "
                       "CineRate (0018,0040); a still image is not an echo cine", path, "FrameTime")
+
+
+def _checked_rate(fps: float, path: str | Path, keyword: str) -> float:
+    """A frame rate no cine has (a FrameTime of 1e-320 ms is infinitely many fps) is a corrupt value."""
+    if not fps < MAX_FPS:
+        raise ReaderError(f"a frame rate of {fps:g} fps: expected under {MAX_FPS:g}", path, keyword)
+    return fps
 
 
 def _to_uint8(array: np.ndarray, photometric: str, ds: Dataset, path: str | Path) -> np.ndarray:
@@ -236,7 +257,7 @@ def _ultrasound_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
         if (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection")) != (UNITS_CM, UNITS_CM):
             continue
         delta_x, delta_y = _magnitude(region.get("PhysicalDeltaX")), _magnitude(region.get("PhysicalDeltaY"))
-        if delta_x and delta_y:
+        if delta_x and delta_y and max(delta_x, delta_y) < 1e6:  # cm per pixel; beyond is a corrupt value
             calibrated.append((_region_area(region), delta_y * 10.0, delta_x * 10.0))
     if calibrated:
         _, row_mm, column_mm = max(calibrated)
