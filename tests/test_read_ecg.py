@@ -581,3 +581,14 @@ def test_the_same_files_without_the_entities_read(tmp_path, fmt):
     path = hostile_xml(tmp_path, fmt, '<!DOCTYPE {root} SYSTEM "http://127.0.0.1:9/never-fetched.dtd">\n', "")
     ecg = read_ecg(path)
     assert ecg.signal.shape[0] == 12 and ecg.fs == 500.0
+
+
+def test_xml_larger_than_any_ecg_export_is_refused_before_parsing(tmp_path):
+    from mmcardio.datasets.readers.ecg_xml import MAX_XML_BYTES
+
+    path = write_ecg(synthetic_ecg(seconds=1.0), tmp_path / "big.xml", format="muse")
+    with open(path, "r+b") as fh:
+        fh.truncate(MAX_XML_BYTES + 1)  # sparse: no disk is spent, the size is what counts
+    with pytest.raises(ReaderError, match="bytes of XML, over the") as caught:
+        read_ecg(path)
+    assert caught.value.path == str(path)

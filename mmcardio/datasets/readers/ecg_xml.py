@@ -40,6 +40,8 @@ MV_PER_UNIT = {
 
 #: Seconds per unit for aECG time increments.
 SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+#: Larger files are refused before parsing: no ECG export comes near it.
+MAX_XML_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -79,6 +81,10 @@ def read_ecg_xml(path: str | Path) -> tuple[list[Channel], float | None]:
 
 
 def _parse(path: str | Path) -> ET.Element:
+    size = Path(path).stat().st_size
+    if size > MAX_XML_BYTES:  # ElementTree holds the whole document, at several times its size
+        raise ReaderError(f"{size:,} bytes of XML, over the {MAX_XML_BYTES:,} an ECG export can take (a "
+                          "5-minute 12-lead strip at 1 kHz in decimal text is under 50 MB)", path)
     try:
         root = parse_xml(path).getroot()
     except DefusedXmlException as err:
