@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmcardio.errors import ManifestError
+from mmcardio.datasets.readers.limits import exists
+from mmcardio.errors import ManifestError, ReaderError
 from mmcardio.study import Problem, checked_rows, read_rows
 
 #: How a problem begins when a reader failed with something other than an MMCardioError: a
@@ -46,9 +47,9 @@ def validate_manifest(path: str | Path, read_files: bool = True, progress: bool 
 def _missing(file: Path) -> str:
     """Why `file` cannot be read ("" when it exists): absent, or a name the system refuses."""
     try:
-        return "" if file.exists() else "file does not exist"
-    except OSError as err:  # e.g. a name longer than the file system allows
-        return f"cannot look up this path ({err.strerror})"
+        return "" if exists(file) else "file does not exist"
+    except ReaderError as err:  # e.g. a name longer than the file system allows
+        return err.problem
 
 
 def _unreadable(files: list[tuple[int, str, Path, dict[str, str]]], workers: int | None,

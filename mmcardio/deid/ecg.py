@@ -13,10 +13,10 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
 import edfio
 import wfdb
 
+from mmcardio.datasets.readers.ecg_xml import local_name, parse_xml_tree
 from mmcardio.deid.text import Scrubber
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path, write_text
@@ -46,41 +46,31 @@ NAME_OR_ID_COMMENT = re.compile(r"^\s*(name|patient|mrn|id|patient[ _]?id|record
                                 re.IGNORECASE)
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _parse_xml(path: Path) -> ET.ElementTree:
-    try:
-        return SafeET.parse(path)
-    except (ET.ParseError, SafeET.DefusedXmlException) as err:
-        raise MMCardioError(f"cannot parse the ECG XML for de-identification ({type(err).__name__})", path) from None
-
-
 def xml_identifiers(path: Path) -> set[str]:
     """Patient names and ids stated in an ECG XML's patient blocks."""
     found = set()
-    for element in _parse_xml(path).getroot().iter():
-        if NAME_OR_ID_ELEMENT.search(_local(element.tag)) and (element.text or "").strip():
+    for element in parse_xml_tree(path).getroot().iter():
+        if NAME_OR_ID_ELEMENT.search(local_name(element.tag)) and (element.text or "").strip():
             found.add(element.text.strip())
-        if _local(element.tag) == "id" and element.get("extension"):  # aECG subject / document ids
+        if local_name(element.tag) == "id" and element.get("extension"):  # aECG subject / document ids
             found.add(element.get("extension"))
     return found
 
 
 def deidentify_ecg_xml(src: Path, dst: Path, scrub: Scrubber) -> None:
     """Empty the identifying blocks of an ECG XML and remove known identifiers from the rest."""
-    tree = _parse_xml(src)
+    tree = parse_xml_tree(src)
     root = tree.getroot()
-    holds_data = {id(e) for d in root.iter() if _local(d.tag) in READER_ELEMENTS for e in _ancestors(root, d)}
+    parents = {child: parent for parent in root.iter() for child in parent}  # ElementTree keeps no parent links
+    holds_data = {id(e) for d in root.iter() if local_name(d.tag) in READER_ELEMENTS for e in _ancestors(parents, d)}
     for element in list(root.iter()):
-        name = _local(element.tag)
+        name = local_name(element.tag)
         if name in READER_ELEMENTS or id(element) in holds_data:
             continue
         if IDENTIFYING_ELEMENT.search(name):
             element.clear()
     for element in root.iter():
-        if _local(element.tag) in DATA_ELEMENTS:
+        if local_name(element.tag) in DATA_ELEMENTS:
             continue
         element.text = scrub(element.text, dates=False) if element.text else element.text
         element.tail = scrub(element.tail, dates=False) if element.tail else element.tail
@@ -90,9 +80,8 @@ def deidentify_ecg_xml(src: Path, dst: Path, scrub: Scrubber) -> None:
         tmp.write_bytes(_xml_bytes(root))
 
 
-def _ancestors(root: ET.Element, target: ET.Element) -> list[ET.Element]:
-    """The elements above `target` (ElementTree keeps no parent links)."""
-    parents = {child: parent for parent in root.iter() for child in parent}
+def _ancestors(parents: dict[ET.Element, ET.Element], target: ET.Element) -> list[ET.Element]:
+    """The elements above `target`, by the `parents` map of its tree."""
     chain, node = [], target
     while node in parents:
         node = parents[node]

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import nibabel as nib
 
+from mmcardio.datasets.readers.nifti import check_voxel_claim
 from mmcardio.errors import MMCardioError
 from mmcardio.io import atomic_path, write_text
 
@@ -33,7 +34,6 @@ def deidentify_nifti(src: Path, dst: Path) -> None:
     try:
         image = nib.load(src)
         header = image.header.copy()
-        raw = _decompressed(src)
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
         raise MMCardioError(f"cannot read the NIfTI for de-identification ({type(err).__name__}: {err})",
                             src) from None
@@ -48,6 +48,8 @@ def deidentify_nifti(src: Path, dst: Path) -> None:
     if offset < len(header.binaryblock) + 4:
         raise MMCardioError(f"voxel offset {offset} inside the header", src, "vox_offset")
     header["vox_offset"] = offset
+    # the reader's bound on the voxels: a gzip member may inflate far beyond what the header claims
+    raw = _leading_bytes(src, offset + check_voxel_claim(image, src))
     block = header.binaryblock
     data = block + b"\0" * 4 + b"\0" * (offset - len(block) - 4) + raw[offset:]  # extension flag 0: none
     with atomic_path(dst) as tmp:
@@ -67,9 +69,16 @@ def _reader_hints(description: str) -> str:
     return " ".join(hints)
 
 
-def _decompressed(path: Path) -> bytes:
-    data = path.read_bytes()
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+def _leading_bytes(path: Path, count: int) -> bytes:
+    """The first `count` bytes of the file, decompressed when it is gzipped."""
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as fh:
+            return fh.read(count)
+    except (OSError, EOFError) as err:
+        raise MMCardioError(f"cannot read the NIfTI for de-identification ({type(err).__name__}: {err})",
+                            path) from None
 
 
 def _metaimage_header(path: Path) -> tuple[list[tuple[str, str]], int]:

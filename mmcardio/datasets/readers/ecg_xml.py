@@ -80,13 +80,15 @@ def read_ecg_xml(path: str | Path) -> tuple[list[Channel], float | None]:
     return parser(root, Path(path))
 
 
-def _parse(path: str | Path) -> ET.Element:
+def parse_xml_tree(path: str | Path) -> ET.ElementTree:
+    """An ECG XML document parsed safely (size bounded, no entities, no external references),
+    its tags as written (namespaces included); any refusal is a ReaderError naming `path`."""
     size = Path(path).stat().st_size
     if size > MAX_XML_BYTES:  # ElementTree holds the whole document, at several times its size
         raise ReaderError(f"{size:,} bytes of XML, over the {MAX_XML_BYTES:,} an ECG export can take (a "
                           "5-minute 12-lead strip at 1 kHz in decimal text is under 50 MB)", path)
     try:
-        root = parse_xml(path).getroot()
+        return parse_xml(path)
     except DefusedXmlException as err:
         raise ReaderError(f"refused: the XML declares entities or external references ({err}); an "
                           "ECG export declares none, and expanding them could exhaust memory or read "
@@ -96,12 +98,17 @@ def _parse(path: str | Path) -> ET.Element:
     except LookupError as err:  # the XML declaration names an encoding Python does not know
         raise ReaderError(f"the XML declaration names an unknown character encoding ({err})", path,
                           "encoding") from None
+
+
+def _parse(path: str | Path) -> ET.Element:
+    root = parse_xml_tree(path).getroot()
     for element in root.iter():
-        element.tag = _local(element.tag)
+        element.tag = local_name(element.tag)
     return root
 
 
-def _local(tag: str) -> str:
+def local_name(tag: str) -> str:
+    """An element's name without its namespace ("{urn:hl7-org:v3}code" -> "code")."""
     return tag.rsplit("}", 1)[-1]
 
 

@@ -77,7 +77,7 @@ def _load(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         image = nib.load(path)
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ReaderError(f"not a NIfTI image (nibabel reads it as {type(image).__name__})", path)
-        _check_voxel_claim(image, path)
+        check_voxel_claim(image, path)
         return image, np.asanyarray(image.dataobj)
     except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error) as err:
         raise ReaderError(f"not a readable NIfTI file, or truncated ({type(err).__name__}: {err})", path) from err
@@ -94,8 +94,9 @@ def _spacing_mm(affine: np.ndarray, shape: tuple[int, ...], path: Path) -> tuple
     return spacing
 
 
-def _check_voxel_claim(image: nib.Nifti1Image, path: Path) -> None:
-    """Refuse a header whose dimensions need more bytes than the image file can hold."""
+def check_voxel_claim(image: nib.Nifti1Image, path: Path) -> int:
+    """Refuse a header whose dimensions need more bytes than the image file can hold; returns
+    the bytes of voxels it claims."""
     shape = image.header.get_data_shape()
     claimed = math.prod(int(n) for n in shape) * image.header.get_data_dtype().itemsize
     data_file = Path(image.file_map["image"].filename)
@@ -106,6 +107,7 @@ def _check_voxel_claim(image: nib.Nifti1Image, path: Path) -> None:
         None if name.endswith((".bz2", ".zst")) else stored
     check_claim(path, "dim", claimed, available,
                 f"{'x'.join(map(str, shape))} voxels of {image.header.get_data_dtype()}")
+    return claimed
 
 
 def _description(header) -> str:
